@@ -1,0 +1,193 @@
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { SecretService } from "../gen/latchkey/v1/secret_service_pb.js";
+import { createAccessControl } from "./auth/access.js";
+import type { Config } from "./config/config.js";
+import { createEnvelope, masterKeyFrom } from "./crypto/envelope.js";
+import { DEFAULT_STORE } from "./domain/secret.js";
+import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
+import { createDualServer, type RequestHandler } from "./http/server.js";
+import { createLogger, type Logger } from "./log/logger.js";
+import { createRestApi } from "./rest/rest-api.js";
+import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
+import { createSecretServiceImpl } from "./rpc/secret-service.js";
+import { type Clock, systemClock } from "./scheduler/clock.js";
+import { createRotationScheduler, type RotationScheduler } from "./scheduler/rotation-scheduler.js";
+import { createSecretManager, type SecretManager } from "./service/secret-manager.js";
+import { createSqliteStorage } from "./storage/sqlite/sqlite-storage.js";
+import type { Storage } from "./storage/storage.js";
+
+/** A running Latchkey: one port, every protocol. */
+export interface App {
+  /** http://host:port of the listening socket. */
+  readonly url: string;
+  readonly port: number;
+  readonly manager: SecretManager;
+  readonly scheduler: RotationScheduler;
+  readonly storage: Storage;
+  readonly logger: Logger;
+  /** Drains in-flight calls (at most `graceMs`), stops the scheduler and closes the store. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface AppOverrides {
+  readonly logger?: Logger;
+  readonly clock?: Clock;
+  readonly storage?: Storage;
+}
+
+const DB_FILE = "latchkey.db";
+const MASTER_KEY_FILE = "master.key";
+const ADMIN_TOKEN_FILE = "admin.token";
+
+/** The composition root: builds every part from the config and starts listening. */
+export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
+  const logger = overrides.logger ?? createLogger(config.logLevel);
+  const clock = overrides.clock ?? systemClock;
+  const masterKey = masterKeyFrom(
+    config.masterKey ??
+      embeddedSecret(config.dataDir, MASTER_KEY_FILE, "master key", logger, () => randomBytes(32).toString("base64"), (s) =>
+        Buffer.from(s, "base64"),
+      ),
+  );
+  const adminTokens =
+    config.adminTokens.length > 0
+      ? config.adminTokens
+      : [embeddedSecret(config.dataDir, ADMIN_TOKEN_FILE, "admin token", logger, () => `lk_${randomBytes(32).toString("base64url")}`, (s) => s)];
+
+  const storage = overrides.storage ?? createSqliteStorage(join(config.dataDir, DB_FILE));
+  const envelope = createEnvelope({ masterKey, storage, clock });
+  try {
+    await envelope.check(DEFAULT_STORE);
+  } catch (err) {
+    await storage.close();
+    throw err;
+  }
+
+  let scheduler: RotationScheduler | undefined;
+  const manager = createSecretManager({
+    storage,
+    envelope,
+    clock,
+    logger,
+    maxVersions: config.maxVersions,
+    onScheduled: (at) => scheduler?.notify(at),
+  });
+  scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.rotateIfDue(doc), clock, logger });
+
+  const access = createAccessControl({
+    adminTokens,
+    allowedIps: config.allowedIps,
+    trustedProxies: config.trustedProxies,
+  });
+  let draining = false;
+  const rest = createRestApi({
+    manager,
+    access,
+    logger,
+    ready: async () => {
+      if (draining) return false;
+      await storage.ping();
+      return true;
+    },
+  });
+
+  const infos = new WeakMap<object, RequestInfo>();
+  const rpc = connectNodeAdapter({
+    routes: (router) => router.service(SecretService, createSecretServiceImpl(manager)),
+    interceptors: [createRpcInterceptor({ access, logger })],
+    contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
+    readMaxBytes: 1024 * 1024,
+    jsonOptions: { ignoreUnknownFields: false },
+  });
+
+  const handler: RequestHandler = (req, res) => {
+    const peer = req.socket?.remoteAddress;
+    const forwarded = req.headers["x-forwarded-for"];
+    const info: RequestInfo = {
+      id: requestIdFrom(req.headers),
+      start: performance.now(),
+      peer,
+      ip: access.clientIp(peer, Array.isArray(forwarded) ? forwarded.join(",") : forwarded),
+    };
+    res.setHeader("x-request-id", info.id);
+    res.once("close", () => logRequest(logger, info, req.method, res.statusCode));
+    const path = req.url ?? "/";
+    if (rest.handles(path)) {
+      void rest.handle(req, res, info);
+      return;
+    }
+    infos.set(req, info);
+    rpc(req, res);
+  };
+
+  const server = createDualServer(handler);
+  const bound = await server.listen(config.port, config.host).catch(async (err) => {
+    await storage.close();
+    throw err;
+  });
+  await scheduler.start();
+  const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
+
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${host}:${bound.port}`,
+    port: bound.port,
+    manager,
+    scheduler,
+    storage,
+    logger,
+    close(graceMs = 10_000) {
+      closing ??= (async () => {
+        draining = true;
+        await server.close(graceMs);
+        await scheduler.stop();
+        await storage.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+function logRequest(logger: Logger, info: RequestInfo, method: string | undefined, status: number): void {
+  const probe = info.operation === "GET /healthz" || info.operation === "GET /readyz";
+  const entry = {
+    request_id: info.id,
+    op: info.operation ?? `${method ?? "?"} (unrouted)`,
+    code: info.code ?? (status < 400 ? "ok" : `http_${status}`),
+    status,
+    duration_ms: Math.round((performance.now() - info.start) * 1000) / 1000,
+    peer: info.ip,
+  };
+  if (probe) logger.debug(entry, "request");
+  else logger.info(entry, "request");
+}
+
+/**
+ * Reads a secret the embedded setup generates on first start (the master key, the admin token) from the data
+ * directory, creating it with mode 0600 if absent.
+ */
+function embeddedSecret<T>(
+  dataDir: string,
+  file: string,
+  what: string,
+  logger: Logger,
+  generate: () => string,
+  parse: (text: string) => T,
+): T {
+  const path = join(dataDir, file);
+  if (!existsSync(path)) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    try {
+      writeFileSync(path, `${generate()}\n`, { mode: 0o600, flag: "wx" });
+      logger.warn({ path }, `no ${what} configured: generated one into ${path} (keep it safe; set it explicitly in production)`);
+    } catch (err) {
+      // Another process sharing the data directory created it first: use theirs.
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+  }
+  return parse(readFileSync(path, "utf8").trim());
+}

@@ -1,0 +1,112 @@
+import { isIP } from "node:net";
+import { resolve } from "node:path";
+
+/** Config is everything Latchkey reads from its environment, validated once at start. */
+export interface Config {
+  /** Interface to listen on (LATCHKEY_HOST, default 127.0.0.1). */
+  readonly host: string;
+  /** Port serving every protocol (LATCHKEY_PORT, default 8200; 0 picks a free port). */
+  readonly port: number;
+  /** Bearer tokens accepted for management calls (LATCHKEY_ADMIN_TOKEN, comma-separated). Empty: generate one. */
+  readonly adminTokens: readonly string[];
+  /** IPs and CIDRs allowed to read (LATCHKEY_ALLOWED_IPS, default loopback). */
+  readonly allowedIps: readonly string[];
+  /** Peers whose X-Forwarded-For is believed (LATCHKEY_TRUSTED_PROXIES, default none). */
+  readonly trustedProxies: readonly string[];
+  /** Directory of the embedded store, its key file and generated token (LATCHKEY_DATA_DIR, default ./data). */
+  readonly dataDir: string;
+  /** The 32-byte master key (LATCHKEY_MASTER_KEY, base64). Undefined: generate one into dataDir. */
+  readonly masterKey: Buffer | undefined;
+  /** pino level (LOG_LEVEL, default info). */
+  readonly logLevel: string;
+  /** Versions kept per secret; older ones are dropped with their ciphertext (LATCHKEY_MAX_VERSIONS, default 10). */
+  readonly maxVersions: number;
+}
+
+/** ConfigError lists every problem found in the environment. */
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration: ${problems.join("; ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+const LOG_LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+const LOOPBACK = ["127.0.0.0/8", "::1"];
+
+/** Reads and validates the configuration; the only reader of the environment. Throws ConfigError. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const problems: string[] = [];
+  const str = (key: string, fallback: string): string => {
+    const v = env[key]?.trim();
+    return v === undefined || v === "" ? fallback : v;
+  };
+
+  const host = str("LATCHKEY_HOST", "127.0.0.1");
+  if (host !== "localhost" && isIP(host) === 0) problems.push(`LATCHKEY_HOST: "${host}" is not an IP address`);
+
+  const portText = str("LATCHKEY_PORT", "8200");
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port > 65535) problems.push(`LATCHKEY_PORT: "${portText}" is not a port number`);
+
+  const adminTokens = list(env.LATCHKEY_ADMIN_TOKEN);
+  for (const t of adminTokens) {
+    if (t.length < 16) problems.push("LATCHKEY_ADMIN_TOKEN: every token must be at least 16 characters");
+    else if (!/^[\x21-\x7e]+$/.test(t)) problems.push("LATCHKEY_ADMIN_TOKEN: tokens must be printable ASCII without spaces");
+  }
+
+  const allowedIps = env.LATCHKEY_ALLOWED_IPS === undefined ? LOOPBACK : list(env.LATCHKEY_ALLOWED_IPS);
+  for (const a of allowedIps) if (!isIpOrCidr(a)) problems.push(`LATCHKEY_ALLOWED_IPS: "${a}" is not an IP or CIDR`);
+  const trustedProxies = list(env.LATCHKEY_TRUSTED_PROXIES);
+  for (const a of trustedProxies) if (!isIpOrCidr(a)) problems.push(`LATCHKEY_TRUSTED_PROXIES: "${a}" is not an IP or CIDR`);
+
+  const dataDir = resolve(str("LATCHKEY_DATA_DIR", "./data"));
+
+  let masterKey: Buffer | undefined;
+  const mk = env.LATCHKEY_MASTER_KEY?.trim();
+  if (mk) {
+    const decoded = /^[A-Za-z0-9+/_-]+={0,2}$/.test(mk) ? Buffer.from(mk, "base64") : Buffer.alloc(0);
+    if (decoded.length !== 32) problems.push("LATCHKEY_MASTER_KEY: must be 32 bytes, base64-encoded (openssl rand -base64 32)");
+    else masterKey = decoded;
+  }
+
+  const logLevel = str("LOG_LEVEL", "info").toLowerCase();
+  if (!LOG_LEVELS.has(logLevel)) problems.push(`LOG_LEVEL: "${logLevel}" is not one of ${[...LOG_LEVELS].join(", ")}`);
+
+  const mvText = str("LATCHKEY_MAX_VERSIONS", "10");
+  const maxVersions = Number(mvText);
+  if (!/^\d+$/.test(mvText) || maxVersions < 2 || maxVersions > 1000) {
+    problems.push(`LATCHKEY_MAX_VERSIONS: "${mvText}" must be a whole number from 2 to 1000`);
+  }
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    host,
+    port,
+    adminTokens: Object.freeze(adminTokens),
+    allowedIps: Object.freeze(allowedIps),
+    trustedProxies: Object.freeze(trustedProxies),
+    dataDir,
+    masterKey,
+    logLevel,
+    maxVersions,
+  });
+}
+
+function list(v: string | undefined): string[] {
+  return (v ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+/** Whether `s` is an IPv4/IPv6 address or a CIDR block of one. */
+export function isIpOrCidr(s: string): boolean {
+  const [addr, bits, extra] = s.split("/");
+  if (extra !== undefined || addr === undefined) return false;
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (bits === undefined) return true;
+  if (!/^\d{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}

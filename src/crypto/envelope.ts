@@ -1,0 +1,138 @@
+import { randomBytes } from "node:crypto";
+import type { DataKeyRecord, Storage } from "../storage/storage.js";
+import { keyId, open, seal } from "./aead.js";
+
+/** A master key (key-encryption key): wraps data keys, never touches values. */
+export interface MasterKey {
+  readonly id: string;
+  readonly key: Buffer;
+}
+
+export function masterKeyFrom(key: Buffer): MasterKey {
+  if (key.length !== 32) throw new Error("a master key is 32 bytes");
+  return { id: keyId(key), key };
+}
+
+/**
+ * Envelope seals and opens secret values.
+ *
+ * Each store has a random 256-bit data key, stored wrapped by the master key. Values are sealed with AES-256-GCM
+ * under the store's data key; the associated data binds a ciphertext to (store, secret id, version), so a ciphertext
+ * copied onto another secret or version fails to open. Sealed form: `v1.<data key id>.<base64 nonce|ct|tag>`.
+ */
+export interface Envelope {
+  seal(store: string, secretId: string, version: number, plaintext: Uint8Array): Promise<string>;
+  open(store: string, secretId: string, version: number, sealed: string): Promise<Buffer>;
+  /** Loads every data key of a store and checks the master key opens it (start-up check). */
+  check(store: string): Promise<void>;
+}
+
+/** SealedFormatError: a stored envelope is malformed or cannot be opened (wrong key, tampering). */
+export class EnvelopeError extends Error {
+  override name = "EnvelopeError";
+}
+
+interface StoreKeys {
+  active: { id: string; key: Buffer } | undefined;
+  byId: Map<string, Buffer>;
+}
+
+export function valueAad(store: string, secretId: string, version: number): string {
+  return `latchkey/value/v1\0${store}\0${secretId}\0${version}`;
+}
+
+function dataKeyAad(store: string, id: string): string {
+  return `latchkey/data-key/v1\0${store}\0${id}`;
+}
+
+export function createEnvelope(deps: {
+  masterKey: MasterKey;
+  storage: Pick<Storage, "listDataKeys" | "insertDataKey">;
+  clock: { now(): number };
+}): Envelope {
+  const { masterKey, storage, clock } = deps;
+  const cache = new Map<string, StoreKeys>();
+  const loading = new Map<string, Promise<StoreKeys>>();
+
+  function unwrap(rec: DataKeyRecord): Buffer {
+    if (rec.kekId !== masterKey.id) {
+      throw new EnvelopeError(
+        `data key ${rec.id} of store "${rec.store}" was wrapped by master key ${rec.kekId}, ` +
+          `but the configured master key is ${masterKey.id}`,
+      );
+    }
+    try {
+      return open(masterKey.key, Buffer.from(rec.wrapped, "base64"), dataKeyAad(rec.store, rec.id));
+    } catch {
+      throw new EnvelopeError(`data key ${rec.id} of store "${rec.store}" does not open with master key ${masterKey.id}`);
+    }
+  }
+
+  async function load(store: string): Promise<StoreKeys> {
+    const records = await storage.listDataKeys(store);
+    const keys: StoreKeys = { active: undefined, byId: new Map() };
+    for (const rec of records) {
+      const key = unwrap(rec);
+      keys.byId.set(rec.id, key);
+      keys.active = { id: rec.id, key };
+    }
+    cache.set(store, keys);
+    return keys;
+  }
+
+  function keysOf(store: string): StoreKeys | Promise<StoreKeys> {
+    const hit = cache.get(store);
+    if (hit) return hit;
+    let p = loading.get(store);
+    if (!p) {
+      p = load(store).finally(() => loading.delete(store));
+      loading.set(store, p);
+    }
+    return p;
+  }
+
+  async function activeKey(store: string): Promise<{ id: string; key: Buffer }> {
+    let keys = await keysOf(store);
+    if (keys.active) return keys.active;
+    const key = randomBytes(32);
+    const id = keyId(key);
+    const wrapped = seal(masterKey.key, key, dataKeyAad(store, id)).toString("base64");
+    await storage.insertDataKey({ store, id, kekId: masterKey.id, wrapped, createdAt: clock.now() });
+    cache.delete(store);
+    keys = await keysOf(store);
+    if (!keys.active) throw new EnvelopeError(`data key of store "${store}" vanished after it was written`);
+    return keys.active;
+  }
+
+  async function keyById(store: string, id: string): Promise<Buffer> {
+    let key = (await keysOf(store)).byId.get(id);
+    if (key === undefined) {
+      // Another process may have created the store's key since we cached it.
+      cache.delete(store);
+      key = (await keysOf(store)).byId.get(id);
+    }
+    if (key === undefined) throw new EnvelopeError(`data key ${id} of store "${store}" not found`);
+    return key;
+  }
+
+  return {
+    async seal(store, secretId, version, plaintext) {
+      const { id, key } = await activeKey(store);
+      return `v1.${id}.${seal(key, plaintext, valueAad(store, secretId, version)).toString("base64")}`;
+    },
+    async open(store, secretId, version, sealed) {
+      const parts = sealed.split(".");
+      if (parts.length !== 3 || parts[0] !== "v1") throw new EnvelopeError("unknown sealed value format");
+      const key = await keyById(store, parts[1] as string);
+      try {
+        return open(key, Buffer.from(parts[2] as string, "base64"), valueAad(store, secretId, version));
+      } catch {
+        throw new EnvelopeError(`version ${version} of secret ${secretId} does not open: wrong key or tampered`);
+      }
+    },
+    async check(store) {
+      cache.delete(store);
+      await keysOf(store);
+    },
+  };
+}

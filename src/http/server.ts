@@ -1,0 +1,101 @@
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+
+export type RequestHandler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
+
+/** One listening port that speaks HTTP/2 cleartext (prior knowledge, as gRPC uses) and HTTP/1.1. */
+export interface DualServer {
+  listen(port: number, host: string): Promise<{ port: number; host: string }>;
+  /**
+   * Stops accepting connections, lets in-flight requests finish (HTTP/2 sessions get GOAWAY, idle HTTP/1.1
+   * sockets are closed), and destroys whatever is left after `graceMs`.
+   */
+  close(graceMs: number): Promise<void>;
+  /** Open connections, for tests and drain logs. */
+  connections(): number;
+}
+
+const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+/** A connection that has not sent its first bytes within this time is dropped. */
+const FIRST_BYTES_TIMEOUT_MS = 10_000;
+
+/**
+ * Node's http2 server only offers HTTP/1.1 fallback through TLS ALPN, so cleartext needs a sniffer: a net.Server
+ * reads the first bytes of each connection and hands the socket to the HTTP/2 server if they are the HTTP/2
+ * connection preface, else to the HTTP/1.1 server.
+ */
+export function createDualServer(handler: RequestHandler): DualServer {
+  const h1 = http.createServer({ requestTimeout: 60_000, headersTimeout: 15_000, keepAliveTimeout: 5_000 }, handler);
+  const h2 = http2.createServer({ maxSessionMemory: 32 }, handler);
+  const sockets = new Set<net.Socket>();
+  const sessions = new Set<http2.ServerHttp2Session>();
+
+  h2.on("session", (s) => {
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
+  h2.on("sessionError", () => {});
+
+  const tcp = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.on("error", () => socket.destroy());
+    socket.setNoDelay(true);
+    let buf: Buffer = Buffer.alloc(0);
+    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
+    const onData = (chunk: Buffer) => {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      const n = Math.min(buf.length, PREFACE.length);
+      const isH2 = buf.subarray(0, n).equals(PREFACE.subarray(0, n));
+      if (isH2 && buf.length < PREFACE.length) return; // "P" could start "POST" or "PRI": wait for more
+      socket.off("data", onData);
+      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(buf);
+      if (isH2) {
+        // Do not resume: the Http2Session reads the buffered preface itself (nodejs/node#35475).
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+  });
+
+  return {
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        tcp.once("error", reject);
+        tcp.listen(port, host, () => {
+          tcp.off("error", reject);
+          const addr = tcp.address() as net.AddressInfo;
+          resolve({ port: addr.port, host: addr.address });
+        });
+      });
+    },
+    async close(graceMs) {
+      const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
+      for (const s of sessions) s.close();
+      h1.closeIdleConnections();
+      const idle = setInterval(() => h1.closeIdleConnections(), 100);
+      const force = setTimeout(() => {
+        for (const s of sessions) s.destroy();
+        for (const s of sockets) s.destroy();
+      }, graceMs);
+      try {
+        await closed;
+      } finally {
+        clearInterval(idle);
+        clearTimeout(force);
+      }
+    },
+    connections() {
+      return sockets.size;
+    },
+  };
+}

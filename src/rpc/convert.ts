@@ -1,0 +1,61 @@
+import { create } from "@bufbuild/protobuf";
+import { type Duration, DurationSchema, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { type Secret, SecretKind, SecretSchema, type SecretVersion, SecretVersionSchema } from "../../gen/latchkey/v1/secret_pb.js";
+import { invalidArgument } from "../domain/errors.js";
+import { currentVersion, type SecretDocument, type SecretKind as DomainKind, type VersionRecord } from "../domain/secret.js";
+
+/** Conversions between the domain model and the generated messages; the only place both meet. */
+
+export function toProtoSecret(doc: SecretDocument): Secret {
+  const current = currentVersion(doc);
+  return create(SecretSchema, {
+    id: doc.id,
+    store: doc.store,
+    name: doc.name,
+    kind: doc.kind === "automatic" ? SecretKind.AUTOMATIC : SecretKind.MANUAL,
+    description: doc.description,
+    currentVersion: current.version,
+    rotationInterval: doc.rotation ? seconds(doc.rotation.intervalSeconds) : undefined,
+    gracePeriod: seconds(doc.gracePeriodSeconds),
+    nextRotationAt: doc.rotation ? timestampFromMs(doc.rotation.nextRotationAt) : undefined,
+    lastRotatedAt: timestampFromMs(current.createdAt),
+    createdAt: timestampFromMs(doc.createdAt),
+    updatedAt: timestampFromMs(doc.updatedAt),
+    revision: BigInt(doc.revision),
+  });
+}
+
+export function toProtoVersion(v: VersionRecord, current: boolean): SecretVersion {
+  return create(SecretVersionSchema, {
+    version: v.version,
+    createdAt: timestampFromMs(v.createdAt),
+    validUntil: v.validUntil === null ? undefined : timestampFromMs(v.validUntil),
+    current,
+  });
+}
+
+function seconds(n: number): Duration {
+  return create(DurationSchema, { seconds: BigInt(n) });
+}
+
+/** Whole seconds of a Duration field, or undefined when unset. Rejects fractions and negatives. */
+export function fromProtoSeconds(d: Duration | undefined, field: string): number | undefined {
+  if (d === undefined) return undefined;
+  if (d.nanos !== 0 || d.seconds < 0n) {
+    throw invalidArgument(field, "whole_seconds", `${field} must be a whole, non-negative number of seconds`);
+  }
+  return Number(d.seconds);
+}
+
+export function fromProtoKind(kind: SecretKind, field = "kind"): DomainKind | undefined {
+  switch (kind) {
+    case SecretKind.UNSPECIFIED:
+      return undefined;
+    case SecretKind.MANUAL:
+      return "manual";
+    case SecretKind.AUTOMATIC:
+      return "automatic";
+    default:
+      throw invalidArgument(field, "enum", `${field} must be SECRET_KIND_MANUAL or SECRET_KIND_AUTOMATIC`);
+  }
+}

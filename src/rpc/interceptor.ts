@@ -1,0 +1,34 @@
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import type { AccessControl } from "../auth/access.js";
+import type { RequestInfo } from "../http/request-info.js";
+import type { Logger } from "../log/logger.js";
+import { codeName, toConnectError } from "./errors.js";
+import { permissionFor } from "./policy.js";
+
+/** The RequestInfo of the call, set by the HTTP layer through the adapter's contextValues. */
+export const kRequestInfo = createContextKey<RequestInfo | undefined>(undefined, { description: "request info" });
+
+/**
+ * The one interceptor of every RPC, on every protocol: records the procedure, enforces the access policy,
+ * and maps every failure to a ConnectError whose message is safe to return, recording the outcome for the log.
+ */
+export function createRpcInterceptor(deps: { access: AccessControl; logger: Logger }): Interceptor {
+  const { access, logger } = deps;
+  return (next) => async (req) => {
+    const info = req.contextValues.get(kRequestInfo);
+    const requestId = info?.id ?? "unknown";
+    if (info) info.operation = `${req.method.parent.typeName}/${req.method.name}`;
+    try {
+      const permission = permissionFor(req.method);
+      if (permission === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
+      access.authorize(permission, { authorization: req.header.get("authorization") ?? undefined, ip: info?.ip });
+      const res = await next(req);
+      if (info) info.code = "ok";
+      return res;
+    } catch (err) {
+      const ce = toConnectError(err, requestId, logger);
+      if (info) info.code = codeName(ce.code);
+      throw ce;
+    }
+  };
+}
