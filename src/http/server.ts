@@ -73,6 +73,9 @@ export function createDualServer(handler: RequestHandler): DualServer {
         tcp.once("error", reject);
         tcp.listen(port, host, () => {
           tcp.off("error", reject);
+          // The HTTP/1.1 server never listens itself; this starts its connection tracking, which enforces
+          // headersTimeout/requestTimeout and lets closeIdleConnections() find idle keep-alive sockets.
+          h1.emit("listening");
           const addr = tcp.address() as net.AddressInfo;
           resolve({ port: addr.port, host: addr.address });
         });
