@@ -16,9 +16,47 @@ export interface ListQuery {
   readonly store: string;
   /** Only names starting with this. */
   readonly prefix: string;
-  /** Only names strictly after this one (keyset paging). */
-  readonly after: string;
+  /** Only names strictly after this one (paging forward). */
+  readonly after?: string | undefined;
+  /** Only names strictly before this one (paging backward): the last `limit` such names. */
+  readonly before?: string | undefined;
   readonly limit: number;
+}
+
+/** What changed about one secret; never a value. */
+export interface ChangeEvent {
+  /** Opaque position in the feed: pass it as `resumeAfter` to continue after this event. */
+  readonly token: string;
+  readonly op: "insert" | "update" | "delete";
+  readonly id: string;
+  readonly store: string;
+  readonly name: string;
+  /** The document's revision after the change (for a delete: the last one). */
+  readonly revision: number;
+  /** The current version after the change (for a delete: the last one). */
+  readonly version: number;
+  /** The next rotation after the change; null for manual or deleted secrets. */
+  readonly nextRotationAt: number | null;
+  /** When the change was written (ms). */
+  readonly at: number;
+}
+
+/**
+ * The feed lost history: the position asked for is no longer available (expired, invalidated). Consumers rescan
+ * the state they derive from the feed; the feed goes on from `token`.
+ */
+export interface ChangeReset {
+  readonly op: "reset";
+  readonly token: string | undefined;
+}
+
+export type ChangeFeedItem = ChangeEvent | ChangeReset;
+
+export interface ChangesOptions {
+  /** Continue after this token; absent: start from now. */
+  readonly resumeAfter?: string | undefined;
+  /** Ends the iteration. */
+  readonly signal: AbortSignal;
 }
 
 /**
@@ -47,6 +85,20 @@ export interface Storage {
   findDueSecrets(now: number, limit: number): Promise<SecretDocument[]>;
   /** The earliest next rotation time of any automatic secret, or undefined if there is none. */
   nextRotationAt(): Promise<number | undefined>;
+
+  /**
+   * Every change to any secret, in commit order, from `resumeAfter` (exclusive) or from now. Yields a ChangeReset
+   * first when `resumeAfter` is no longer available. Survives transient backend failures by resuming.
+   */
+  changes(opts: ChangesOptions): AsyncIterable<ChangeFeedItem>;
+  /** A consumer's last persisted feed position. */
+  loadResumeToken(consumer: string): Promise<string | undefined>;
+  saveResumeToken(consumer: string, token: string): Promise<void>;
+
+  /** Every secret of every store in id order, after `afterId`, at most `limit` (export). */
+  scanSecrets(afterId: string, limit: number): Promise<SecretDocument[]>;
+  /** Every data key of every store (export). */
+  listAllDataKeys(): Promise<DataKeyRecord[]>;
 
   /** Every data key of a store, oldest first. */
   listDataKeys(store: string): Promise<DataKeyRecord[]>;

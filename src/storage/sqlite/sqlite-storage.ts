@@ -1,17 +1,36 @@
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { type FSWatcher, mkdirSync, watch } from "node:fs";
+import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
-import type { SecretDocument } from "../../domain/secret.js";
-import type { DataKeyRecord, ListQuery, Storage } from "../storage.js";
+import { currentVersion, type SecretDocument } from "../../domain/secret.js";
+import type { ChangeEvent, ChangeFeedItem, ChangesOptions, DataKeyRecord, ListQuery, Storage } from "../storage.js";
+
+export interface SqliteStorageOptions {
+  /** Changes older than this are pruned from the change log. Default 1 hour. */
+  readonly changeRetentionMs?: number;
+  /** At most this many changes are kept. Default 200,000. */
+  readonly changeRetentionRows?: number;
+  /** Change-feed readers re-check at least this often even without a signal. Default 2000 ms. */
+  readonly feedPollMs?: number;
+}
+
+const FEED_BATCH = 500;
+const PRUNE_EVERY_WRITES = 1024;
 
 /**
  * The embedded default store: one SQLite file (WAL, synchronous=FULL, so an acknowledged write survives a crash).
  *
  * Each secret is one row: the whole document as JSON, plus the columns its queries need (store, name, revision,
- * next_rotation_at). Compare-and-set is `UPDATE … WHERE id = ? AND revision = ?`.
+ * next_rotation_at). Compare-and-set is `UPDATE … WHERE id = ? AND revision = ?`. Every write also appends to the
+ * `changes` table in the same transaction: the change feed, which any process sharing the file can tail by sequence
+ * number. Readers are woken by writes in this process, by file-system events on the WAL (writes by other
+ * processes), and by a slow fallback timer.
  */
-export function createSqliteStorage(file: string): Storage {
-  if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
+export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {}): Storage {
+  const retentionMs = opts.changeRetentionMs ?? 3_600_000;
+  const retentionRows = opts.changeRetentionRows ?? 200_000;
+  const feedPollMs = opts.feedPollMs ?? 2000;
+  const inMemory = file === ":memory:";
+  if (!inMemory) mkdirSync(dirname(file), { recursive: true });
   const db = new Database(file);
   db.pragma("journal_mode = WAL");
   db.pragma("synchronous = FULL");
@@ -26,9 +45,14 @@ export function createSqliteStorage(file: string): Storage {
     replace: db.prepare(
       "UPDATE secrets SET store = @store, name = @name, revision = @revision, next_rotation_at = @next, doc = @doc WHERE id = @id AND revision = @expected",
     ),
-    delete: db.prepare("DELETE FROM secrets WHERE id = ? AND revision = ?"),
-    list: db.prepare<[string, string, string, string, number], { doc: string }>(
+    deleteReturning: db.prepare<[string, number], { doc: string }>(
+      "DELETE FROM secrets WHERE id = ? AND revision = ? RETURNING doc",
+    ),
+    listAfter: db.prepare<[string, string, string, string, number], { doc: string }>(
       "SELECT doc FROM secrets WHERE store = ? AND name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
+    ),
+    listBefore: db.prepare<[string, string, string, string, number], { doc: string }>(
+      "SELECT doc FROM secrets WHERE store = ? AND name < ? AND name >= ? AND name < ? ORDER BY name DESC LIMIT ?",
     ),
     due: db.prepare<[number, number], { doc: string }>(
       "SELECT doc FROM secrets WHERE next_rotation_at <= ? ORDER BY next_rotation_at LIMIT ?",
@@ -36,11 +60,31 @@ export function createSqliteStorage(file: string): Storage {
     nextDue: db.prepare<[], { t: number | null }>(
       "SELECT MIN(next_rotation_at) AS t FROM secrets WHERE next_rotation_at IS NOT NULL",
     ),
-    listKeys: db.prepare<[string], { store: string; id: string; kek_id: string; wrapped: string; created_at: number }>(
+    scan: db.prepare<[string, number], { doc: string }>("SELECT doc FROM secrets WHERE id > ? ORDER BY id LIMIT ?"),
+    listKeys: db.prepare<[string], KeyRow>(
       "SELECT store, id, kek_id, wrapped, created_at FROM data_keys WHERE store = ? ORDER BY created_at, id",
+    ),
+    listAllKeys: db.prepare<[], KeyRow>(
+      "SELECT store, id, kek_id, wrapped, created_at FROM data_keys ORDER BY store, created_at, id",
     ),
     insertKey: db.prepare(
       "INSERT OR IGNORE INTO data_keys (store, id, kek_id, wrapped, created_at) VALUES (@store, @id, @kekId, @wrapped, @createdAt)",
+    ),
+    appendChange: db.prepare(
+      "INSERT INTO changes (op, id, store, name, revision, version, next_rotation_at, at) VALUES (@op, @id, @store, @name, @revision, @version, @next, @at)",
+    ),
+    readChanges: db.prepare<[number, number], ChangeRow>(
+      "SELECT seq, op, id, store, name, revision, version, next_rotation_at, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+    ),
+    changeBounds: db.prepare<[], { lo: number | null; hi: number | null }>(
+      "SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM changes",
+    ),
+    lastSeq: db.prepare<[], { seq: number }>("SELECT seq FROM sqlite_sequence WHERE name = 'changes'"),
+    pruneByAge: db.prepare("DELETE FROM changes WHERE at < ?"),
+    pruneByCount: db.prepare("DELETE FROM changes WHERE seq <= (SELECT MAX(seq) FROM changes) - ?"),
+    loadCursor: db.prepare<[string], { token: string }>("SELECT token FROM cursors WHERE consumer = ?"),
+    saveCursor: db.prepare(
+      "INSERT INTO cursors (consumer, token, at) VALUES (?, ?, ?) ON CONFLICT (consumer) DO UPDATE SET token = excluded.token, at = excluded.at",
     ),
     ping: db.prepare("SELECT 1"),
   };
@@ -54,6 +98,81 @@ export function createSqliteStorage(file: string): Storage {
     doc: JSON.stringify(doc),
   });
   const parse = (r: { doc: string }): SecretDocument => JSON.parse(r.doc) as SecretDocument;
+  const change = (op: ChangeEvent["op"], doc: SecretDocument) => ({
+    op,
+    id: doc.id,
+    store: doc.store,
+    name: doc.name,
+    revision: doc.revision,
+    version: currentVersion(doc).version,
+    next: op === "delete" ? null : (doc.rotation?.nextRotationAt ?? null),
+    at: Date.now(),
+  });
+
+  let writes = 0;
+  const afterWrite = () => {
+    if (++writes % PRUNE_EVERY_WRITES === 0) {
+      q.pruneByAge.run(Date.now() - retentionMs);
+      q.pruneByCount.run(retentionRows);
+    }
+    feed.signal();
+  };
+
+  const insertTx = db.transaction((doc: SecretDocument) => {
+    q.insert.run(row(doc));
+    q.appendChange.run(change("insert", doc));
+  });
+  const replaceTx = db.transaction((doc: SecretDocument, expected: number): boolean => {
+    if (q.replace.run({ ...row(doc), expected }).changes !== 1) return false;
+    q.appendChange.run(change("update", doc));
+    return true;
+  });
+  const deleteTx = db.transaction((id: string, expected: number): boolean => {
+    const gone = q.deleteReturning.get(id, expected);
+    if (!gone) return false;
+    q.appendChange.run(change("delete", parse(gone)));
+    return true;
+  });
+
+  const feed = createFeedSignal(inMemory ? undefined : file, feedPollMs);
+
+  function toEvent(r: ChangeRow): ChangeEvent {
+    return {
+      token: String(r.seq),
+      op: r.op,
+      id: r.id,
+      store: r.store,
+      name: r.name,
+      revision: r.revision,
+      version: r.version,
+      nextRotationAt: r.next_rotation_at,
+      at: r.at,
+    };
+  }
+
+  async function* changes({ resumeAfter, signal }: ChangesOptions): AsyncGenerator<ChangeFeedItem> {
+    // sqlite_sequence only grows (AUTOINCREMENT), and a rolled-back write returns its number, so the log has no
+    // gaps except where it was pruned: a gap means history was lost.
+    const last = q.lastSeq.get()?.seq ?? 0;
+    let seq = last;
+    if (resumeAfter !== undefined) {
+      const asked = /^\d{1,15}$/.test(resumeAfter) ? Number(resumeAfter) : Number.NaN;
+      const lo = q.changeBounds.get()?.lo ?? last + 1;
+      if (!Number.isNaN(asked) && asked <= last && asked >= lo - 1) seq = asked;
+      else yield { op: "reset", token: String(last) };
+    }
+    while (!signal.aborted) {
+      const wait = feed.next(signal);
+      const rows = q.readChanges.all(seq, FEED_BATCH);
+      if (rows[0] && rows[0].seq !== seq + 1) yield { op: "reset", token: String(seq) };
+      for (const r of rows) {
+        seq = r.seq;
+        yield toEvent(r);
+        if (signal.aborted) return;
+      }
+      if (rows.length < FEED_BATCH) await wait;
+    }
+  }
 
   return {
     backend: "sqlite",
@@ -66,21 +185,30 @@ export function createSqliteStorage(file: string): Storage {
     },
     async insertSecret(doc) {
       try {
-        q.insert.run(row(doc));
-        return true;
+        insertTx(doc);
       } catch (err) {
         if (isUniqueViolation(err)) return false;
         throw err;
       }
+      afterWrite();
+      return true;
     },
     async replaceSecret(doc, expectedRevision) {
-      return q.replace.run({ ...row(doc), expected: expectedRevision }).changes === 1;
+      const ok = replaceTx(doc, expectedRevision);
+      if (ok) afterWrite();
+      return ok;
     },
     async deleteSecret(id, expectedRevision) {
-      return q.delete.run(id, expectedRevision).changes === 1;
+      const ok = deleteTx(id, expectedRevision);
+      if (ok) afterWrite();
+      return ok;
     },
     async listSecrets(query: ListQuery) {
-      return q.list.all(query.store, query.after, query.prefix, `${query.prefix}\u{10FFFF}`, query.limit).map(parse);
+      const end = `${query.prefix}\u{10FFFF}`;
+      if (query.before) {
+        return q.listBefore.all(query.store, query.before, query.prefix, end, query.limit).map(parse).reverse();
+      }
+      return q.listAfter.all(query.store, query.after ?? "", query.prefix, end, query.limit).map(parse);
     },
     async findDueSecrets(now, limit) {
       return q.due.all(now, limit).map(parse);
@@ -88,16 +216,98 @@ export function createSqliteStorage(file: string): Storage {
     async nextRotationAt() {
       return q.nextDue.get()?.t ?? undefined;
     },
+    changes,
+    async loadResumeToken(consumer) {
+      return q.loadCursor.get(consumer)?.token;
+    },
+    async saveResumeToken(consumer, token) {
+      q.saveCursor.run(consumer, token, Date.now());
+    },
+    async scanSecrets(afterId, limit) {
+      return q.scan.all(afterId, limit).map(parse);
+    },
+    async listAllDataKeys() {
+      return q.listAllKeys.all().map(fromKeyRow);
+    },
     async listDataKeys(store) {
-      return q.listKeys
-        .all(store)
-        .map((r): DataKeyRecord => ({ store: r.store, id: r.id, kekId: r.kek_id, wrapped: r.wrapped, createdAt: r.created_at }));
+      return q.listKeys.all(store).map(fromKeyRow);
     },
     async insertDataKey(key) {
       return q.insertKey.run(key).changes === 1;
     },
     async close() {
+      feed.close();
       if (db.open) db.close();
+    },
+  };
+}
+
+interface KeyRow {
+  store: string;
+  id: string;
+  kek_id: string;
+  wrapped: string;
+  created_at: number;
+}
+
+interface ChangeRow {
+  seq: number;
+  op: ChangeEvent["op"];
+  id: string;
+  store: string;
+  name: string;
+  revision: number;
+  version: number;
+  next_rotation_at: number | null;
+  at: number;
+}
+
+function fromKeyRow(r: KeyRow): DataKeyRecord {
+  return { store: r.store, id: r.id, kekId: r.kek_id, wrapped: r.wrapped, createdAt: r.created_at };
+}
+
+/**
+ * Wakes change-feed readers: `signal()` after a local write; a watch on the database directory catches commits
+ * by other processes (each appends to the -wal file); a fallback timer catches anything the watch misses.
+ */
+function createFeedSignal(file: string | undefined, pollMs: number) {
+  let waiters: (() => void)[] = [];
+  const fire = () => {
+    const w = waiters;
+    waiters = [];
+    for (const resolve of w) resolve();
+  };
+  let watcher: FSWatcher | undefined;
+  if (file !== undefined) {
+    const wal = `${basename(file)}-wal`;
+    try {
+      watcher = watch(dirname(file), { persistent: false }, (_event, name) => {
+        if (name === wal && waiters.length > 0) fire();
+      });
+      watcher.on("error", () => watcher?.close());
+    } catch {
+      watcher = undefined; // the timer still wakes readers
+    }
+  }
+  return {
+    signal: fire,
+    /** Resolves on the next signal, after `pollMs`, or when `abort` fires. */
+    next(abort: AbortSignal): Promise<void> {
+      return new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          abort.removeEventListener("abort", done);
+          resolve();
+        };
+        const timer = setTimeout(done, pollMs);
+        timer.unref();
+        abort.addEventListener("abort", done, { once: true });
+        waiters.push(done);
+      });
+    },
+    close() {
+      watcher?.close();
+      fire();
     },
   };
 }
@@ -126,18 +336,35 @@ const MIGRATIONS: readonly string[] = [
      created_at INTEGER NOT NULL,
      PRIMARY KEY (store, id)
    );`,
+  `CREATE TABLE changes (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     op TEXT NOT NULL,
+     id TEXT NOT NULL,
+     store TEXT NOT NULL,
+     name TEXT NOT NULL,
+     revision INTEGER NOT NULL,
+     version INTEGER NOT NULL,
+     next_rotation_at INTEGER,
+     at INTEGER NOT NULL
+   );
+   CREATE INDEX changes_at ON changes (at);
+   CREATE TABLE cursors (
+     consumer TEXT PRIMARY KEY,
+     token TEXT NOT NULL,
+     at INTEGER NOT NULL
+   );`,
 ];
 
 /** Applies the migrations the file has not seen, each in its own transaction, tracked by user_version. */
 function migrate(db: Database.Database): void {
-  const current = db.pragma("user_version", { simple: true }) as number;
-  if (current > MIGRATIONS.length) {
-    throw new Error(`the data file has schema version ${current}, newer than this Latchkey (${MIGRATIONS.length})`);
-  }
-  for (let v = current; v < MIGRATIONS.length; v++) {
-    db.transaction(() => {
+  db.transaction(() => {
+    const current = db.pragma("user_version", { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(`the data file has schema version ${current}, newer than this Latchkey (${MIGRATIONS.length})`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
       db.exec(MIGRATIONS[v] as string);
       db.pragma(`user_version = ${v + 1}`);
-    }).immediate();
-  }
+    }
+  }).immediate();
 }

@@ -1,0 +1,256 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  type ChangeStream,
+  type ChangeStreamDocument,
+  type Collection,
+  type Db,
+  type Document,
+  MongoClient,
+  MongoServerError,
+  type ResumeToken,
+} from "mongodb";
+import type { Logger } from "../../log/logger.js";
+import type { ChangeEvent, ChangeFeedItem, Storage } from "../storage.js";
+import {
+  CURSORS,
+  casFilter,
+  changeStreamPipeline,
+  DATA_KEY_INDEXES,
+  DATA_KEYS,
+  dueQuery,
+  fromMongoDataKey,
+  fromMongoSecret,
+  listQuery,
+  type MongoDataKey,
+  type MongoSecret,
+  SECRET_INDEXES,
+  SECRETS,
+  SECRETS_VALIDATOR,
+  toMongoDataKey,
+  toMongoSecret,
+} from "./mongo-documents.js";
+
+export interface MongoStorageOptions {
+  readonly uri: string;
+  readonly dbName: string;
+  readonly logger: Logger;
+}
+
+const DUPLICATE_KEY = 11000;
+/** Server codes meaning the change stream cannot resume from its token: rescan and start from now. */
+const HISTORY_LOST = new Set([260, 280, 286]);
+
+/**
+ * The production store: MongoDB through the official driver. Requires a replica set (change streams) and
+ * MongoDB 6.0 or newer (change-stream pre-images, so a delete event still names the secret).
+ *
+ * Majority write concern, retryable writes and primary reads, so an acknowledged write survives a failover and a
+ * read sees it. Every write to a secret is one document operation, compare-and-set on `revision`.
+ */
+export async function createMongoStorage(opts: MongoStorageOptions): Promise<Storage> {
+  const client = new MongoClient(opts.uri, {
+    appName: "latchkey",
+    writeConcern: { w: "majority" },
+    readPreference: "primary",
+    readConcern: { level: "majority" },
+    retryWrites: true,
+    retryReads: true,
+    serverSelectionTimeoutMS: 5000,
+  });
+  await client.connect();
+  const db = client.db(opts.dbName);
+  try {
+    await setup(db);
+  } catch (err) {
+    await client.close();
+    throw err;
+  }
+  const secrets = db.collection<MongoSecret>(SECRETS);
+  const dataKeys = db.collection<MongoDataKey>(DATA_KEYS);
+  const cursors = db.collection<{ _id: string; token: string; at: Date }>(CURSORS);
+  const { logger } = opts;
+
+  return {
+    backend: "mongodb",
+    async ping() {
+      await db.command({ ping: 1 }, { timeoutMS: 2000 });
+    },
+    async findSecret(store, name) {
+      const m = await secrets.findOne({ store, name });
+      return m ? fromMongoSecret(m) : undefined;
+    },
+    async insertSecret(doc) {
+      try {
+        await secrets.insertOne(toMongoSecret(doc));
+        return true;
+      } catch (err) {
+        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
+        throw err;
+      }
+    },
+    async replaceSecret(doc, expectedRevision) {
+      const r = await secrets.replaceOne(casFilter(doc.id, expectedRevision), toMongoSecret(doc));
+      return r.matchedCount === 1;
+    },
+    async deleteSecret(id, expectedRevision) {
+      const r = await secrets.deleteOne(casFilter(id, expectedRevision));
+      return r.deletedCount === 1;
+    },
+    async listSecrets(query) {
+      const { filter, sort, limit, reverse } = listQuery(query);
+      const page = (await secrets.find(filter).sort(sort).limit(limit).toArray()).map(fromMongoSecret);
+      return reverse ? page.reverse() : page;
+    },
+    async findDueSecrets(now, limit) {
+      const { filter, sort } = dueQuery(now);
+      return (await secrets.find(filter).sort(sort).limit(limit).toArray()).map(fromMongoSecret);
+    },
+    async nextRotationAt() {
+      const m = await secrets.findOne(
+        { "rotation.nextRotationAt": { $type: "date" } },
+        { sort: { "rotation.nextRotationAt": 1 }, projection: { rotation: 1 } },
+      );
+      return m?.rotation?.nextRotationAt.getTime();
+    },
+    changes({ resumeAfter, signal }) {
+      return watchSecrets(secrets, resumeAfter, signal, logger);
+    },
+    async loadResumeToken(consumer) {
+      return (await cursors.findOne({ _id: consumer }))?.token;
+    },
+    async saveResumeToken(consumer, token) {
+      await cursors.updateOne({ _id: consumer }, { $set: { token, at: new Date() } }, { upsert: true });
+    },
+    async scanSecrets(afterId, limit) {
+      return (await secrets.find({ _id: { $gt: afterId } }).sort({ _id: 1 }).limit(limit).toArray()).map(fromMongoSecret);
+    },
+    async listAllDataKeys() {
+      return (await dataKeys.find({}).sort({ store: 1, createdAt: 1, id: 1 }).toArray()).map(fromMongoDataKey);
+    },
+    async listDataKeys(store) {
+      return (await dataKeys.find({ store }).sort({ createdAt: 1, id: 1 }).toArray()).map(fromMongoDataKey);
+    },
+    async insertDataKey(key) {
+      try {
+        await dataKeys.insertOne(toMongoDataKey(key));
+        return true;
+      } catch (err) {
+        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
+        throw err;
+      }
+    },
+    async close() {
+      await client.close();
+    },
+  };
+}
+
+/** Creates collections, the validator, pre-images and indexes; safe to run on every start and from many replicas. */
+async function setup(db: Db): Promise<void> {
+  const existing = new Set((await db.listCollections({}, { nameOnly: true }).toArray()).map((c) => c.name));
+  if (!existing.has(SECRETS)) {
+    await db
+      .createCollection(SECRETS, { validator: SECRETS_VALIDATOR, changeStreamPreAndPostImages: { enabled: true } })
+      .catch(ignoreAlreadyExists);
+  }
+  await db.command({
+    collMod: SECRETS,
+    validator: SECRETS_VALIDATOR,
+    validationLevel: "strict",
+    changeStreamPreAndPostImages: { enabled: true },
+  });
+  if (!existing.has(DATA_KEYS)) await db.createCollection(DATA_KEYS).catch(ignoreAlreadyExists);
+  await db.collection(SECRETS).createIndexes(SECRET_INDEXES);
+  await db.collection(DATA_KEYS).createIndexes(DATA_KEY_INDEXES);
+}
+
+function ignoreAlreadyExists(err: unknown): void {
+  // NamespaceExists: another replica created it between our check and our create.
+  if (!(err instanceof MongoServerError && err.code === 48)) throw err;
+}
+
+export function encodeResumeToken(t: ResumeToken): string {
+  return Buffer.from(JSON.stringify(t), "utf8").toString("base64url");
+}
+
+export function decodeResumeToken(s: string): ResumeToken {
+  return JSON.parse(Buffer.from(s, "base64url").toString("utf8")) as ResumeToken;
+}
+
+type Projected = Partial<Pick<MongoSecret, "store" | "name" | "revision" | "currentVersion">> & {
+  rotation?: { nextRotationAt?: Date } | null;
+};
+
+/** Maps a (projected) change-stream event to the port's ChangeEvent; undefined for events that are not ours. */
+export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string): ChangeEvent | undefined {
+  const op = ev.operationType;
+  if (op !== "insert" && op !== "replace" && op !== "update" && op !== "delete") return undefined;
+  const after = ("fullDocument" in ev ? ev.fullDocument : undefined) as Projected | null | undefined;
+  const before = ("fullDocumentBeforeChange" in ev ? ev.fullDocumentBeforeChange : undefined) as Projected | null | undefined;
+  const doc = op === "delete" ? before : after;
+  const at = ev.wallTime ? ev.wallTime.getTime() : ev.clusterTime ? ev.clusterTime.high * 1000 : Date.now();
+  return {
+    token,
+    op: op === "insert" ? "insert" : op === "delete" ? "delete" : "update",
+    id: String(ev.documentKey._id),
+    store: doc?.store ?? "",
+    name: doc?.name ?? "",
+    revision: doc?.revision ?? 0,
+    version: doc?.currentVersion ?? 0,
+    nextRotationAt: op === "delete" ? null : (doc?.rotation?.nextRotationAt?.getTime() ?? null),
+    at,
+  };
+}
+
+/**
+ * The change stream as the port's feed. The driver resumes by itself after a transient error; when it gives up,
+ * this loop reopens from the last token with backoff. A token the server no longer has (history lost, invalidate)
+ * yields a reset and continues from now.
+ */
+async function* watchSecrets(
+  secrets: Collection<MongoSecret>,
+  resumeAfter: string | undefined,
+  signal: AbortSignal,
+  logger: Logger,
+): AsyncGenerator<ChangeFeedItem> {
+  let token = resumeAfter;
+  let backoffMs = 100;
+  while (!signal.aborted) {
+    let stream: ChangeStream<MongoSecret> | undefined;
+    const onAbort = () => void stream?.close().catch(() => {});
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      stream = secrets.watch(changeStreamPipeline(), {
+        fullDocument: "updateLookup",
+        fullDocumentBeforeChange: "whenAvailable",
+        ...(token ? { startAfter: decodeResumeToken(token) } : {}),
+      });
+      for await (const ev of stream as AsyncIterable<ChangeStreamDocument<Document>>) {
+        token = encodeResumeToken(ev._id);
+        backoffMs = 100;
+        if (ev.operationType === "invalidate") {
+          yield { op: "reset", token };
+          break;
+        }
+        const item = toChangeEvent(ev, token);
+        if (item) yield item;
+      }
+    } catch (err) {
+      if (signal.aborted) return;
+      if (err instanceof MongoServerError && HISTORY_LOST.has(Number(err.code))) {
+        logger.warn({ code: err.code }, "change stream history lost: rescanning");
+        token = undefined;
+        yield { op: "reset", token: undefined };
+        continue;
+      }
+      // Keep the position the server last confirmed, even if no event came since.
+      if (stream?.resumeToken) token = encodeResumeToken(stream.resumeToken);
+      logger.warn({ err: String(err), retry_ms: backoffMs }, "change stream failed; reopening");
+      await sleep(backoffMs, undefined, { signal }).catch(() => {});
+      backoffMs = Math.min(backoffMs * 2, 5000);
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      await stream?.close().catch(() => {});
+    }
+  }
+}
