@@ -1,0 +1,274 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { appendVersion, newSecretDocument, type SecretDocument } from "../../src/domain/secret.js";
+import type { ChangeFeedItem, Storage } from "../../src/storage/storage.js";
+
+/**
+ * The storage contract: every behaviour of the port, run against every adapter.
+ *
+ * `open` returns a storage on a fresh, empty backend, and `peer` opens a second handle on that same backend (another
+ * process, another replica), for the change feed across processes.
+ */
+export interface StorageFixture {
+  open(): Promise<{ storage: Storage; peer(): Promise<Storage> }>;
+  /** Removes every backend this fixture made. */
+  cleanup(): Promise<void>;
+}
+
+const T0 = Date.UTC(2030, 0, 1);
+let sealedCounter = 0;
+const sealed = () => `v1.testkey.${Buffer.from(`ciphertext-${++sealedCounter}`).toString("base64")}`;
+
+export function secretDoc(
+  name: string,
+  opts: { store?: string; kind?: "manual" | "automatic"; interval?: number; now?: number } = {},
+): SecretDocument {
+  const kind = opts.kind ?? "manual";
+  return newSecretDocument(
+    {
+      id: randomUUID(),
+      store: opts.store ?? "default",
+      name,
+      kind,
+      description: `about ${name}`,
+      rotationIntervalSeconds: kind === "automatic" ? (opts.interval ?? 60) : undefined,
+    },
+    sealed(),
+    opts.now ?? T0,
+  );
+}
+
+/** Collects feed items until `n` arrived or `ms` passed. */
+async function take(storage: Storage, n: number, resumeAfter: string | undefined, ms = 5000): Promise<ChangeFeedItem[]> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), ms);
+  const out: ChangeFeedItem[] = [];
+  try {
+    for await (const item of storage.changes({ resumeAfter, signal: ac.signal })) {
+      out.push(item);
+      if (out.length >= n) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+  return out;
+}
+
+/** Starts reading the feed from now; resolves with what arrived once `n` items came (or `ms` passed). */
+function follow(storage: Storage, n: number, ms = 5000): Promise<ChangeFeedItem[]> {
+  return take(storage, n, undefined, ms);
+}
+
+export function exerciseStorage(name: string, fixture: StorageFixture): void {
+  describe(`Storage contract: ${name}`, () => {
+    let s: Storage;
+    let peer: () => Promise<Storage>;
+    before(async () => {
+      ({ storage: s, peer } = await fixture.open());
+    });
+    after(async () => {
+      await s.close();
+      await fixture.cleanup();
+    });
+
+    it("answers ping", async () => {
+      await s.ping();
+    });
+
+    it("returns undefined for a missing secret", async () => {
+      assert.equal(await s.findSecret("default", "missing/secret"), undefined);
+    });
+
+    it("stores a document and reads it back unchanged", async () => {
+      const doc = secretDoc("roundtrip/a", { kind: "automatic", interval: 30 });
+      assert.equal(await s.insertSecret(doc), true);
+      assert.deepEqual(await s.findSecret("default", "roundtrip/a"), doc);
+    });
+
+    it("refuses a duplicate name in the same store and writes nothing", async () => {
+      const first = secretDoc("dup/name");
+      assert.equal(await s.insertSecret(first), true);
+      assert.equal(await s.insertSecret(secretDoc("dup/name")), false);
+      assert.equal((await s.findSecret("default", "dup/name"))?.id, first.id);
+      assert.equal(await s.insertSecret(secretDoc("dup/name", { store: "other" })), true, "same name, other store");
+    });
+
+    it("replaces by compare-and-set on the revision", async () => {
+      const doc = secretDoc("cas/one");
+      await s.insertSecret(doc);
+      const v2 = appendVersion(doc, sealed(), T0 + 1000, 10);
+      assert.equal(await s.replaceSecret(v2, doc.revision), true);
+      const stale = appendVersion(doc, sealed(), T0 + 2000, 10);
+      assert.equal(await s.replaceSecret(stale, doc.revision), false, "a stale revision loses");
+      assert.deepEqual(await s.findSecret("default", "cas/one"), v2);
+      assert.equal(await s.replaceSecret({ ...v2, id: randomUUID(), revision: 9 }, 8), false, "unknown id");
+    });
+
+    it("lets exactly one of two racing writers win", async () => {
+      const doc = secretDoc("cas/race");
+      await s.insertSecret(doc);
+      const a = appendVersion(doc, sealed(), T0 + 1, 10);
+      const b = appendVersion(doc, sealed(), T0 + 2, 10);
+      const results = await Promise.all([s.replaceSecret(a, doc.revision), s.replaceSecret(b, doc.revision)]);
+      assert.deepEqual(results.filter(Boolean).length, 1);
+    });
+
+    it("deletes by compare-and-set, with every version", async () => {
+      const doc = secretDoc("del/one");
+      await s.insertSecret(doc);
+      const v2 = appendVersion(doc, sealed(), T0 + 1, 10);
+      await s.replaceSecret(v2, doc.revision);
+      assert.equal(await s.deleteSecret(doc.id, doc.revision), false, "stale revision");
+      assert.equal(await s.deleteSecret(doc.id, v2.revision), true);
+      assert.equal(await s.findSecret("default", "del/one"), undefined);
+      assert.equal(await s.deleteSecret(doc.id, v2.revision), false, "already gone");
+      assert.equal(await s.insertSecret(secretDoc("del/one")), true, "the name is free again");
+    });
+
+    it("pages a store's names forward and backward, with a prefix", async () => {
+      const names = ["pg/a", "pg/b", "pg/c", "pg/d", "pg/e", "pgx", "ph/a"];
+      for (const n of [...names].reverse()) await s.insertSecret(secretDoc(n, { store: "paging" }));
+      await s.insertSecret(secretDoc("pg/zz", { store: "elsewhere" }));
+      const ls = async (q: { prefix?: string; after?: string; before?: string; limit: number }) =>
+        (await s.listSecrets({ store: "paging", prefix: q.prefix ?? "", after: q.after, before: q.before, limit: q.limit })).map(
+          (d) => d.name,
+        );
+      assert.deepEqual(await ls({ limit: 100 }), names);
+      assert.deepEqual(await ls({ prefix: "pg/", limit: 2 }), ["pg/a", "pg/b"]);
+      assert.deepEqual(await ls({ prefix: "pg/", after: "pg/b", limit: 2 }), ["pg/c", "pg/d"]);
+      assert.deepEqual(await ls({ prefix: "pg/", after: "pg/d", limit: 2 }), ["pg/e"]);
+      assert.deepEqual(await ls({ prefix: "pg/", before: "pg/e", limit: 2 }), ["pg/c", "pg/d"], "backward, in name order");
+      assert.deepEqual(await ls({ prefix: "pg/", before: "pg/b", limit: 5 }), ["pg/a"]);
+      assert.deepEqual(await ls({ before: "pgx", limit: 1 }), ["pg/e"]);
+      assert.deepEqual(await ls({ prefix: "pg.", limit: 5 }), [], "a prefix is literal, not a pattern");
+      assert.deepEqual(await ls({ prefix: "nothing", limit: 5 }), []);
+    });
+
+    it("finds due automatic secrets earliest first, and forgets deleted ones", async () => {
+      const due = (await fixture.open()).storage; // a fresh backend: only our secrets
+      try {
+        assert.equal(await due.nextRotationAt(), undefined);
+        const a = secretDoc("due/a", { kind: "automatic", interval: 10 }); // T0 + 10 s
+        const b = secretDoc("due/b", { kind: "automatic", interval: 5 }); // T0 + 5 s
+        const c = secretDoc("due/c", { kind: "automatic", interval: 100 });
+        const m = secretDoc("due/manual");
+        for (const d of [a, b, c, m]) await due.insertSecret(d);
+        assert.equal(await due.nextRotationAt(), T0 + 5000);
+        assert.deepEqual((await due.findDueSecrets(T0 + 4999, 10)).map((d) => d.name), []);
+        assert.deepEqual((await due.findDueSecrets(T0 + 10_000, 10)).map((d) => d.name), ["due/b", "due/a"]);
+        assert.deepEqual((await due.findDueSecrets(T0 + 10_000, 1)).map((d) => d.name), ["due/b"]);
+        assert.equal(await due.deleteSecret(b.id, b.revision), true);
+        assert.deepEqual((await due.findDueSecrets(T0 + 10_000, 10)).map((d) => d.name), ["due/a"]);
+        assert.equal(await due.nextRotationAt(), T0 + 10_000);
+        const rotated = appendVersion(a, sealed(), T0 + 10_000, 10);
+        await due.replaceSecret(rotated, a.revision);
+        assert.deepEqual((await due.findDueSecrets(T0 + 10_000, 10)).map((d) => d.name), []);
+        assert.equal(await due.nextRotationAt(), T0 + 20_000);
+      } finally {
+        await due.close();
+      }
+    });
+
+    it("scans every secret of every store by id", async () => {
+      const seen: string[] = [];
+      let afterId = "";
+      for (;;) {
+        const page = await s.scanSecrets(afterId, 3);
+        if (page.length === 0) break;
+        for (const d of page) seen.push(d.id);
+        afterId = page[page.length - 1]?.id ?? "";
+      }
+      assert.ok(seen.length >= 10);
+      assert.deepEqual(seen, [...seen].sort(), "id order");
+      assert.equal(new Set(seen).size, seen.length, "no doubles");
+    });
+
+    it("keeps data keys per store", async () => {
+      const k = (store: string, id: string, at: number) => ({ store, id, kekId: "kek1", wrapped: `w-${id}`, createdAt: at });
+      assert.equal(await s.insertDataKey(k("ks", "k2", T0 + 2)), true);
+      assert.equal(await s.insertDataKey(k("ks", "k1", T0 + 1)), true);
+      assert.equal(await s.insertDataKey(k("ks", "k1", T0 + 5)), false, "duplicate id");
+      assert.equal(await s.insertDataKey(k("other-ks", "k1", T0)), true);
+      assert.deepEqual((await s.listDataKeys("ks")).map((r) => r.id), ["k1", "k2"]);
+      assert.deepEqual(await s.listDataKeys("ks"), [k("ks", "k1", T0 + 1), k("ks", "k2", T0 + 2)]);
+      const all = await s.listAllDataKeys();
+      assert.ok(all.some((r) => r.store === "other-ks"));
+    });
+
+    it("persists resume tokens per consumer", async () => {
+      assert.equal(await s.loadResumeToken("nobody"), undefined);
+      await s.saveResumeToken("scheduler", "t1");
+      await s.saveResumeToken("scheduler", "t2");
+      await s.saveResumeToken("other", "o1");
+      assert.equal(await s.loadResumeToken("scheduler"), "t2");
+      assert.equal(await s.loadResumeToken("other"), "o1");
+    });
+
+    it("feeds every change in commit order, to another process too", async () => {
+      const other = await peer();
+      try {
+        const local = follow(s, 3);
+        const remote = follow(other, 3);
+        await new Promise((r) => setTimeout(r, 300)); // both feeds open
+        const doc = secretDoc("feed/one", { kind: "automatic", interval: 60 });
+        await s.insertSecret(doc);
+        const v2 = appendVersion(doc, sealed(), T0 + 1000, 10);
+        await s.replaceSecret(v2, doc.revision);
+        await s.deleteSecret(doc.id, v2.revision);
+        for (const items of [await local, await remote]) {
+          const events = items.filter((i) => i.op !== "reset");
+          assert.deepEqual(
+            events.map((e) => e.op),
+            ["insert", "update", "delete"],
+          );
+          const [ins, upd, del] = events as Extract<ChangeFeedItem, { id: string }>[];
+          assert.equal(ins?.id, doc.id);
+          assert.equal(ins?.store, "default");
+          assert.equal(ins?.name, "feed/one");
+          assert.equal(ins?.version, 1);
+          assert.equal(ins?.nextRotationAt, T0 + 60_000);
+          assert.equal(upd?.version, 2);
+          assert.equal(upd?.revision, 2);
+          assert.equal(upd?.nextRotationAt, T0 + 61_000);
+          assert.equal(del?.name, "feed/one", "a delete still names the secret");
+          assert.equal(del?.nextRotationAt, null);
+          assert.ok(typeof ins?.token === "string" && ins.token !== "");
+        }
+      } finally {
+        await other.close();
+      }
+    });
+
+    it("resumes the feed after a token, and resets on a token it cannot honour", async () => {
+      const start = follow(s, 1);
+      await new Promise((r) => setTimeout(r, 300));
+      const a = secretDoc("resume/a");
+      await s.insertSecret(a);
+      const [first] = await start;
+      assert.ok(first && first.op === "insert");
+      const b = secretDoc("resume/b");
+      const c = secretDoc("resume/c");
+      await s.insertSecret(b);
+      await s.insertSecret(c);
+      const resumed = await take(s, 2, first.token);
+      assert.deepEqual(
+        resumed.map((e) => (e.op === "reset" ? "reset" : e.name)),
+        ["resume/b", "resume/c"],
+      );
+      const bogus = await take(s, 1, "not-a-token-we-issued", 3000);
+      assert.equal(bogus[0]?.op, "reset");
+    });
+
+    it("carries no secret value or ciphertext in change events", async () => {
+      const feed = follow(s, 1);
+      await new Promise((r) => setTimeout(r, 300));
+      const doc = secretDoc("feed/private");
+      await s.insertSecret(doc);
+      const [ev] = await feed;
+      assert.ok(ev);
+      assert.doesNotMatch(JSON.stringify(ev), /v1\.testkey\./);
+    });
+  });
+}
