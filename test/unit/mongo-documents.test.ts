@@ -1,0 +1,144 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { ChangeStreamDocument, Document } from "mongodb";
+import { appendVersion, newSecretDocument } from "../../src/domain/secret.js";
+import {
+  casFilter,
+  changeStreamPipeline,
+  dueQuery,
+  escapeRegex,
+  fromMongoDataKey,
+  fromMongoSecret,
+  listQuery,
+  SECRET_INDEXES,
+  SECRETS_VALIDATOR,
+  toMongoDataKey,
+  toMongoSecret,
+} from "../../src/storage/mongodb/mongo-documents.js";
+import { decodeResumeToken, encodeResumeToken, toChangeEvent } from "../../src/storage/mongodb/mongo-storage.js";
+
+/** The MongoDB adapter's pure parts: document mapping, filters, indexes, validator, change events. */
+
+const T0 = Date.UTC(2030, 0, 1);
+const auto = newSecretDocument(
+  { id: "id-1", store: "default", name: "svc/key", kind: "automatic", description: "d", rotationIntervalSeconds: 60 },
+  "v1.k.AAAA",
+  T0,
+);
+
+describe("MongoDB documents", () => {
+  it("maps a secret to BSON-friendly fields and back unchanged", () => {
+    const doc = appendVersion(auto, "v1.k.BBBB", T0 + 1000, 10);
+    const m = toMongoSecret(doc);
+    assert.equal(m._id, "id-1");
+    assert.ok(m.createdAt instanceof Date);
+    assert.ok(m.rotation?.nextRotationAt instanceof Date);
+    assert.equal(m.currentVersion, 2, "derived current version");
+    assert.ok(m.versions[0]?.validUntil instanceof Date);
+    assert.equal(m.versions[1]?.validUntil, null);
+    assert.deepEqual(fromMongoSecret(m), doc);
+    const manual = newSecretDocument({ id: "id-2", store: "s", name: "m", kind: "manual", description: "" }, "v1.k.C", T0);
+    assert.equal(toMongoSecret(manual).rotation, null);
+    assert.deepEqual(fromMongoSecret(toMongoSecret(manual)), manual);
+  });
+
+  it("keys data keys by store and id", () => {
+    const k = { store: "s1", id: "k1", kekId: "kek", wrapped: "w", createdAt: T0 };
+    const m = toMongoDataKey(k);
+    assert.equal(m._id, "s1\u0000k1");
+    assert.deepEqual(fromMongoDataKey(m), k);
+  });
+
+  it("writes by compare-and-set on id and revision", () => {
+    assert.deepEqual(casFilter("id-1", 7), { _id: "id-1", revision: 7 });
+  });
+
+  it("pages forward with $gt and an anchored, escaped prefix", () => {
+    const q = listQuery({ store: "default", prefix: "db.(x)/", after: "db.(x)/a", limit: 5 });
+    assert.deepEqual(q.filter, { store: "default", name: { $regex: "^db\\.\\(x\\)\\/", $gt: "db.(x)/a" } });
+    assert.deepEqual(q.sort, { name: 1 });
+    assert.equal(q.reverse, false);
+    assert.equal(new RegExp(q.filter.name && (q.filter.name as { $regex: string }).$regex).test("db.(x)/b"), true);
+    assert.equal(new RegExp((q.filter.name as { $regex: string }).$regex).test("dbX(x)/b"), false);
+  });
+
+  it("pages backward by sorting descending and reversing", () => {
+    const q = listQuery({ store: "s", prefix: "", before: "m", limit: 3 });
+    assert.deepEqual(q.filter, { store: "s", name: { $lt: "m" } });
+    assert.deepEqual(q.sort, { name: -1 });
+    assert.equal(q.reverse, true);
+    assert.deepEqual(listQuery({ store: "s", prefix: "", limit: 3 }).filter, { store: "s" });
+  });
+
+  it("escapes every regex metacharacter", () => {
+    const nasty = "a.b*c+d?e^f$g{h}i(j)k|l[m]n\\o/p";
+    assert.equal(new RegExp(`^${escapeRegex(nasty)}$`).test(nasty), true);
+  });
+
+  it("asks for due secrets by next rotation time, earliest first", () => {
+    const q = dueQuery(T0);
+    assert.deepEqual(q.filter, { "rotation.nextRotationAt": { $lte: new Date(T0) } });
+    assert.deepEqual(q.sort, { "rotation.nextRotationAt": 1 });
+  });
+
+  it("declares a unique (store, name) index and a partial index serving the due query", () => {
+    const unique = SECRET_INDEXES.find((i) => i.name === "store_name_unique");
+    assert.deepEqual(unique?.key, { store: 1, name: 1 });
+    assert.equal(unique?.unique, true);
+    const due = SECRET_INDEXES.find((i) => i.name === "rotation_due");
+    assert.deepEqual(due?.key, { "rotation.nextRotationAt": 1 });
+    assert.deepEqual(due?.partialFilterExpression, { "rotation.nextRotationAt": { $type: "date" } });
+    assert.deepEqual(Object.keys(dueQuery(T0).filter), Object.keys(due?.key ?? {}), "the due query uses the indexed field");
+  });
+
+  it("validates exactly the fields the adapter writes", () => {
+    const schema = SECRETS_VALIDATOR.$jsonSchema as { required: string[]; properties: Record<string, unknown> };
+    const written = Object.keys(toMongoSecret(auto)).sort();
+    assert.deepEqual([...schema.required].sort(), written);
+    assert.deepEqual(Object.keys(schema.properties).sort(), written);
+  });
+
+  it("projects change events without the sealed versions", () => {
+    const [match, project] = changeStreamPipeline() as [Document, Document];
+    assert.deepEqual(match.$match.operationType.$in.sort(), ["delete", "insert", "replace", "update"]);
+    const fields = Object.keys(project.$project);
+    assert.ok(fields.includes("fullDocument.name"));
+    assert.ok(fields.includes("fullDocumentBeforeChange.name"), "deletes are named from the pre-image");
+    assert.equal(fields.some((f) => f.includes("versions")), false);
+  });
+
+  it("maps change-stream events to the port's events", () => {
+    const after = { store: "default", name: "svc/key", revision: 3, currentVersion: 2, rotation: { nextRotationAt: new Date(T0 + 5000) } };
+    const base = { _id: { _data: "826" }, documentKey: { _id: "id-1" }, wallTime: new Date(T0) };
+    const ins = toChangeEvent({ ...base, operationType: "insert", fullDocument: after } as unknown as ChangeStreamDocument<Document>, "tok");
+    assert.deepEqual(ins, {
+      token: "tok",
+      op: "insert",
+      id: "id-1",
+      store: "default",
+      name: "svc/key",
+      revision: 3,
+      version: 2,
+      nextRotationAt: T0 + 5000,
+      at: T0,
+    });
+    const rep = toChangeEvent({ ...base, operationType: "replace", fullDocument: after } as unknown as ChangeStreamDocument<Document>, "t2");
+    assert.equal(rep?.op, "update");
+    const del = toChangeEvent(
+      { ...base, operationType: "delete", fullDocumentBeforeChange: after } as unknown as ChangeStreamDocument<Document>,
+      "t3",
+    );
+    assert.equal(del?.op, "delete");
+    assert.equal(del?.name, "svc/key");
+    assert.equal(del?.nextRotationAt, null);
+    const other = toChangeEvent({ ...base, operationType: "drop" } as unknown as ChangeStreamDocument<Document>, "t4");
+    assert.equal(other, undefined);
+  });
+
+  it("round-trips resume tokens as opaque strings", () => {
+    const t = { _data: "8263A1B2C3000000012B022C0100296E5A1004" };
+    const s = encodeResumeToken(t);
+    assert.match(s, /^[A-Za-z0-9_-]+$/);
+    assert.deepEqual(decodeResumeToken(s), t);
+  });
+});
