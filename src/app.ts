@@ -6,7 +6,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { SecretService } from "../gen/latchkey/v1/secret_service_pb.js";
 import { createAccessControl } from "./auth/access.js";
 import type { Config } from "./config/config.js";
-import { createEnvelope, masterKeyFrom } from "./crypto/envelope.js";
+import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope.js";
 import { DEFAULT_STORE } from "./domain/secret.js";
 import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
 import { createDualServer, type RequestHandler } from "./http/server.js";
@@ -17,6 +17,7 @@ import { createSecretServiceImpl } from "./rpc/secret-service.js";
 import { type Clock, systemClock } from "./scheduler/clock.js";
 import { createRotationScheduler, type RotationScheduler } from "./scheduler/rotation-scheduler.js";
 import { createSecretManager, type SecretManager } from "./service/secret-manager.js";
+import { createMongoStorage } from "./storage/mongodb/mongo-storage.js";
 import { createSqliteStorage } from "./storage/sqlite/sqlite-storage.js";
 import type { Storage } from "./storage/storage.js";
 
@@ -47,18 +48,13 @@ const ADMIN_TOKEN_FILE = "admin.token";
 export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const logger = overrides.logger ?? createLogger(config.logLevel);
   const clock = overrides.clock ?? systemClock;
-  const masterKey = masterKeyFrom(
-    config.masterKey ??
-      embeddedSecret(config.dataDir, MASTER_KEY_FILE, "master key", logger, () => randomBytes(32).toString("base64"), (s) =>
-        Buffer.from(s, "base64"),
-      ),
-  );
+  const masterKey = resolveMasterKey(config, logger, true) as MasterKey;
   const adminTokens =
     config.adminTokens.length > 0
       ? config.adminTokens
-      : [embeddedSecret(config.dataDir, ADMIN_TOKEN_FILE, "admin token", logger, () => `lk_${randomBytes(32).toString("base64url")}`, (s) => s)];
+      : [embeddedSecret(config.dataDir, ADMIN_TOKEN_FILE, "admin token", logger, () => `lk_${randomBytes(32).toString("base64url")}`)];
 
-  const storage = overrides.storage ?? createSqliteStorage(join(config.dataDir, DB_FILE));
+  const storage = overrides.storage ?? (await openStorage(config, logger));
   const envelope = createEnvelope({ masterKey, storage, clock });
   try {
     await envelope.check(DEFAULT_STORE);
@@ -152,6 +148,12 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   };
 }
 
+/** MongoDB when MONGODB_URI is set, else the embedded SQLite file in the data directory. */
+export async function openStorage(config: Config, logger: Logger): Promise<Storage> {
+  if (config.mongodbUri) return createMongoStorage({ uri: config.mongodbUri, dbName: config.mongodbDb, logger });
+  return createSqliteStorage(join(config.dataDir, DB_FILE));
+}
+
 function logRequest(logger: Logger, info: RequestInfo, method: string | undefined, status: number): void {
   const probe = info.operation === "GET /healthz" || info.operation === "GET /readyz";
   const entry = {
@@ -167,17 +169,24 @@ function logRequest(logger: Logger, info: RequestInfo, method: string | undefine
 }
 
 /**
+ * The master key: LATCHKEY_MASTER_KEY, else (embedded store only) the key file in the data directory, generated
+ * there on first start when `create` is set. Undefined when there is none and `create` is not set.
+ */
+export function resolveMasterKey(config: Config, logger: Logger, create: boolean): MasterKey | undefined {
+  if (config.masterKey) return masterKeyFrom(config.masterKey);
+  const path = join(config.dataDir, MASTER_KEY_FILE);
+  if (!create && !existsSync(path)) return undefined;
+  const text = embeddedSecret(config.dataDir, MASTER_KEY_FILE, "master key", logger, () => randomBytes(32).toString("base64"));
+  const key = Buffer.from(text, "base64");
+  if (key.length !== 32) throw new Error(`${path} does not hold a base64 32-byte key`);
+  return masterKeyFrom(key);
+}
+
+/**
  * Reads a secret the embedded setup generates on first start (the master key, the admin token) from the data
  * directory, creating it with mode 0600 if absent.
  */
-function embeddedSecret<T>(
-  dataDir: string,
-  file: string,
-  what: string,
-  logger: Logger,
-  generate: () => string,
-  parse: (text: string) => T,
-): T {
+function embeddedSecret(dataDir: string, file: string, what: string, logger: Logger, generate: () => string): string {
   const path = join(dataDir, file);
   if (!existsSync(path)) {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -189,5 +198,5 @@ function embeddedSecret<T>(
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
   }
-  return parse(readFileSync(path, "utf8").trim());
+  return readFileSync(path, "utf8").trim();
 }

@@ -21,6 +21,10 @@ export interface Config {
   readonly logLevel: string;
   /** Versions kept per secret; older ones are dropped with their ciphertext (LATCHKEY_MAX_VERSIONS, default 10). */
   readonly maxVersions: number;
+  /** MongoDB connection string (MONGODB_URI). Set: MongoDB is the store; unset: the embedded SQLite store. */
+  readonly mongodbUri: string | undefined;
+  /** MongoDB database (LATCHKEY_MONGODB_DB, default "latchkey"). */
+  readonly mongodbDb: string;
 }
 
 /** ConfigError lists every problem found in the environment. */
@@ -79,6 +83,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push(`LATCHKEY_MAX_VERSIONS: "${mvText}" must be a whole number from 2 to 1000`);
   }
 
+  const mongodbUri = env.MONGODB_URI?.trim() || undefined;
+  if (mongodbUri !== undefined && !/^mongodb(\+srv)?:\/\//.test(mongodbUri)) {
+    problems.push("MONGODB_URI: must start with mongodb:// or mongodb+srv://");
+  }
+  const mongodbDb = str("LATCHKEY_MONGODB_DB", "latchkey");
+  if (!/^[A-Za-z0-9_-]{1,63}$/.test(mongodbDb)) problems.push(`LATCHKEY_MONGODB_DB: "${mongodbDb}" is not a valid database name`);
+  if (mongodbUri !== undefined) {
+    // The generated key and token files are a convenience of the embedded store on one machine; replicas sharing
+    // MongoDB must share one master key and token, so they must be given.
+    if (!mk) problems.push("LATCHKEY_MASTER_KEY: required with MONGODB_URI (every replica needs the same master key)");
+    if (adminTokens.length === 0) problems.push("LATCHKEY_ADMIN_TOKEN: required with MONGODB_URI");
+  }
+
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     host,
@@ -90,6 +107,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     masterKey,
     logLevel,
     maxVersions,
+    mongodbUri,
+    mongodbDb,
   });
 }
 
