@@ -91,7 +91,21 @@ export function createEnvelope(deps: {
     return p;
   }
 
+  const creating = new Map<string, Promise<{ id: string; key: Buffer }>>();
+
   async function activeKey(store: string): Promise<{ id: string; key: Buffer }> {
+    const keys = await keysOf(store);
+    if (keys.active) return keys.active;
+    // One creation per store at a time in this process; racing processes may each add one, and all of them open.
+    let pending = creating.get(store);
+    if (!pending) {
+      pending = createKey(store).finally(() => creating.delete(store));
+      creating.set(store, pending);
+    }
+    return pending;
+  }
+
+  async function createKey(store: string): Promise<{ id: string; key: Buffer }> {
     let keys = await keysOf(store);
     if (keys.active) return keys.active;
     const key = randomBytes(32);

@@ -74,7 +74,7 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
 
   async function runOnce(): Promise<void> {
     try {
-      const { failed } = await rotateDue();
+      const { failed } = await rotateDue(true);
       if (!running) return;
       if (failed > 0) {
         arm(clock.now() + retryMs);
@@ -88,7 +88,7 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
     }
   }
 
-  async function rotateDue(): Promise<{ rotated: number; failed: number }> {
+  async function rotateDue(untilStopped: boolean): Promise<{ rotated: number; failed: number }> {
     let rotated = 0;
     let failed = 0;
     for (;;) {
@@ -109,7 +109,7 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
       await Promise.all(Array.from({ length: Math.min(concurrency, due.length) }, worker));
       failed += batchFailed;
       // A short batch was the last one; a batch that only failed would be fetched again unchanged.
-      if (due.length < batchSize || batchFailed === due.length || !running) break;
+      if (due.length < batchSize || batchFailed === due.length || (untilStopped && !running)) break;
     }
     return { rotated, failed };
   }
@@ -130,7 +130,7 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
       arm(at);
     },
     async tick() {
-      const { rotated } = await rotateDue();
+      const { rotated } = await rotateDue(false);
       return rotated;
     },
   };

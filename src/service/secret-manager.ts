@@ -1,4 +1,5 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Envelope } from "../crypto/envelope.js";
 import { invalidArgument, LatchkeyError, secretNotFound } from "../domain/errors.js";
 import {
@@ -132,20 +133,43 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     return envelope.seal(doc.store, doc.id, nextVersionNumber(doc), Buffer.from(value, "utf8"));
   }
 
+  /**
+   * Writes to one secret from this process take turns, so compare-and-set retries only have to absorb writers in
+   * other processes; those retries back off with jitter so racing processes do not retry in lockstep.
+   */
+  const turns = new Map<string, Promise<unknown>>();
+  function inTurn<T>(ref: SecretRef, work: () => Promise<T>): Promise<T> {
+    const key = `${ref.store}\0${ref.name}`;
+    const prev = turns.get(key) ?? Promise.resolve();
+    const run = prev.then(work, work);
+    const tail = run.catch(() => {});
+    turns.set(key, tail);
+    void tail.then(() => {
+      if (turns.get(key) === tail) turns.delete(key);
+    });
+    return run;
+  }
+
+  async function casLoop<T>(ref: SecretRef, attempt: () => Promise<{ done: true; value: T } | { done: false }>): Promise<T> {
+    return inTurn(ref, async () => {
+      for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
+        const r = await attempt();
+        if (r.done) return r.value;
+        await sleep(Math.random() * Math.min(2 ** i, 50));
+      }
+      throw new LatchkeyError("aborted", `secret "${ref.name}" is being changed concurrently; retry`);
+    });
+  }
+
   /** Loads, transforms and writes back by compare-and-set until it sticks. */
-  async function mutate<T>(
-    ref: SecretRef,
-    change: (doc: SecretDocument) => Promise<{ next: SecretDocument; result: T }>,
-  ): Promise<T> {
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+  function mutate<T>(ref: SecretRef, change: (doc: SecretDocument) => Promise<{ next: SecretDocument; result: T }>): Promise<T> {
+    return casLoop<T>(ref, async () => {
       const doc = await load(ref);
       const { next, result } = await change(doc);
-      if (await storage.replaceSecret(next, doc.revision)) {
-        scheduled(next);
-        return result;
-      }
-    }
-    throw new LatchkeyError("aborted", `secret "${ref.name}" is being changed concurrently; retry`);
+      if (!(await storage.replaceSecret(next, doc.revision))) return { done: false };
+      scheduled(next);
+      return { done: true, value: result };
+    });
   }
 
   return {
@@ -192,7 +216,9 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     async list(input) {
       const prefix = input.prefix ?? "";
       if (prefix.length > 256) throw invalidArgument("name_prefix", "too_long", "name_prefix must be at most 256 characters");
-      const limit = Math.min(input.pageSize || PAGE_DEFAULT, PAGE_MAX);
+      const size = input.pageSize ?? 0;
+      if (!Number.isInteger(size) || size < 0) throw invalidArgument("page_size", "out_of_range", "page_size must not be negative");
+      const limit = Math.min(size || PAGE_DEFAULT, PAGE_MAX);
       const after = input.pageToken ? decodePageToken(input.pageToken) : "";
       const docs = await storage.listSecrets({ store: input.store, prefix, after, limit: limit + 1 });
       const more = docs.length > limit;
@@ -221,11 +247,10 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     },
 
     async delete(ref) {
-      for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      await casLoop<undefined>(ref, async () => {
         const doc = await load(ref);
-        if (await storage.deleteSecret(doc.id, doc.revision)) return;
-      }
-      throw new LatchkeyError("aborted", `secret "${ref.name}" is being changed concurrently; retry`);
+        return (await storage.deleteSecret(doc.id, doc.revision)) ? { done: true, value: undefined } : { done: false };
+      });
     },
 
     async rotate(ref) {
