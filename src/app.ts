@@ -12,6 +12,7 @@ import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
 import { createDualServer, type RequestHandler } from "./http/server.js";
 import { createLogger, type Logger } from "./log/logger.js";
 import { createRestApi } from "./rest/rest-api.js";
+import { codeName } from "./rpc/errors.js";
 import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
 import { createSecretServiceImpl } from "./rpc/secret-service.js";
 import { type Clock, systemClock } from "./scheduler/clock.js";
@@ -117,6 +118,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       return;
     }
     infos.set(req, info);
+    // Until the interceptor runs, the path names the procedure; failures before it (undecodable requests) are
+    // known only by the grpc-status sent, so watch for it.
+    const q = path.indexOf("?");
+    info.operation = (q === -1 ? path : path.slice(0, q)).slice(1, 160);
+    watchGrpcStatus(res, info);
     rpc(req, res);
   };
 
@@ -154,12 +160,52 @@ export async function openStorage(config: Config, logger: Logger): Promise<Stora
   return createSqliteStorage(join(config.dataDir, DB_FILE));
 }
 
+type GrpcStatusHeaders = Record<string, string | string[] | number | undefined> | undefined;
+
+/** Records the grpc-status a response carries (in trailers, or in headers for trailers-only responses). */
+function watchGrpcStatus(res: Parameters<RequestHandler>[1], info: RequestInfo): void {
+  const note = (h: GrpcStatusHeaders) => {
+    const status = h?.["grpc-status"];
+    if (info.code === undefined && status !== undefined) info.code = status === "0" ? "ok" : codeName(Number(status));
+  };
+  const r = res as unknown as {
+    writeHead: (status: number, headers?: GrpcStatusHeaders) => unknown;
+    addTrailers: (trailers: GrpcStatusHeaders) => void;
+  };
+  const writeHead = r.writeHead;
+  r.writeHead = function (this: unknown, status, headers) {
+    if (typeof headers === "object") note(headers);
+    return writeHead.call(this, status, headers);
+  };
+  const addTrailers = r.addTrailers;
+  r.addTrailers = function (this: unknown, trailers) {
+    note(trailers);
+    addTrailers.call(this, trailers);
+  };
+}
+
+/** The Connect code an HTTP status stands for, when nothing more precise was recorded. */
+const HTTP_CODES: Record<number, string> = {
+  400: "invalid_argument",
+  401: "unauthenticated",
+  403: "permission_denied",
+  404: "not_found",
+  408: "deadline_exceeded",
+  409: "already_exists",
+  413: "resource_exhausted",
+  429: "resource_exhausted",
+  499: "canceled",
+  501: "unimplemented",
+  503: "unavailable",
+  504: "deadline_exceeded",
+};
+
 function logRequest(logger: Logger, info: RequestInfo, method: string | undefined, status: number): void {
   const probe = info.operation === "GET /healthz" || info.operation === "GET /readyz";
   const entry = {
     request_id: info.id,
     op: info.operation ?? `${method ?? "?"} (unrouted)`,
-    code: info.code ?? (status < 400 ? "ok" : `http_${status}`),
+    code: info.code ?? (status >= 400 ? (HTTP_CODES[status] ?? `http_${status}`) : "unknown"),
     status,
     duration_ms: Math.round((performance.now() - info.start) * 1000) / 1000,
     peer: info.ip,

@@ -32,7 +32,10 @@ export function createDualServer(handler: RequestHandler): DualServer {
   const h1 = http.createServer({ requestTimeout: 60_000, headersTimeout: 15_000, keepAliveTimeout: 5_000 }, handler);
   const h2 = http2.createServer({ maxSessionMemory: 32 }, handler);
   const sockets = new Set<net.Socket>();
+  /** Sockets whose protocol is not known yet: nothing is in flight on them, so closing destroys them. */
+  const sniffing = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
+  let closing = false;
 
   h2.on("session", (s) => {
     sessions.add(s);
@@ -41,8 +44,16 @@ export function createDualServer(handler: RequestHandler): DualServer {
   h2.on("sessionError", () => {});
 
   const tcp = net.createServer((socket) => {
+    if (closing) {
+      socket.destroy();
+      return;
+    }
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    sniffing.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      sniffing.delete(socket);
+    });
     socket.on("error", () => socket.destroy());
     socket.setNoDelay(true);
     let buf: Buffer = Buffer.alloc(0);
@@ -53,6 +64,7 @@ export function createDualServer(handler: RequestHandler): DualServer {
       const isH2 = buf.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (isH2 && buf.length < PREFACE.length) return; // "P" could start "POST" or "PRI": wait for more
       socket.off("data", onData);
+      sniffing.delete(socket);
       socket.setTimeout(0);
       socket.pause();
       socket.unshift(buf);
@@ -82,7 +94,9 @@ export function createDualServer(handler: RequestHandler): DualServer {
       });
     },
     async close(graceMs) {
+      closing = true;
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
+      for (const s of sniffing) s.destroy();
       for (const s of sessions) s.close();
       h1.closeIdleConnections();
       const idle = setInterval(() => h1.closeIdleConnections(), 100);

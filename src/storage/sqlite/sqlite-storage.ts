@@ -1,4 +1,4 @@
-import { type FSWatcher, mkdirSync, watch } from "node:fs";
+import { closeSync, type FSWatcher, mkdirSync, openSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
 import { currentVersion, type SecretDocument } from "../../domain/secret.js";
@@ -30,7 +30,11 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   const retentionRows = opts.changeRetentionRows ?? 200_000;
   const feedPollMs = opts.feedPollMs ?? 2000;
   const inMemory = file === ":memory:";
-  if (!inMemory) mkdirSync(dirname(file), { recursive: true });
+  if (!inMemory) {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    // Create the file owner-only: SQLite gives its -wal and -shm files the same mode.
+    closeSync(openSync(file, "a", 0o600));
+  }
   const db = new Database(file);
   db.pragma("journal_mode = WAL");
   db.pragma("synchronous = FULL");
