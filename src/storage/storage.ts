@@ -35,10 +35,18 @@ export interface ChangeEvent {
   readonly revision: number;
   /** The current version after the change (for a delete: the last one). */
   readonly version: number;
+  /** When the current version was made: equal to `at` when this change made it (a rotation). */
+  readonly versionCreatedAt: number;
   /** The next rotation after the change; null for manual or deleted secrets. */
   readonly nextRotationAt: number | null;
-  /** When the change was written (ms). */
+  /** When the change was made (ms): the document's updatedAt, or the deletion time. */
   readonly at: number;
+}
+
+/** The first item of every feed: it is open, and `token` is its position (resume there to miss nothing). */
+export interface ChangeStart {
+  readonly op: "start";
+  readonly token: string;
 }
 
 /**
@@ -50,7 +58,7 @@ export interface ChangeReset {
   readonly token: string | undefined;
 }
 
-export type ChangeFeedItem = ChangeEvent | ChangeReset;
+export type ChangeFeedItem = ChangeEvent | ChangeStart | ChangeReset;
 
 export interface ChangesOptions {
   /** Continue after this token; absent: start from now. */
@@ -87,8 +95,9 @@ export interface Storage {
   nextRotationAt(): Promise<number | undefined>;
 
   /**
-   * Every change to any secret, in commit order, from `resumeAfter` (exclusive) or from now. Yields a ChangeReset
-   * first when `resumeAfter` is no longer available. Survives transient backend failures by resuming.
+   * Every change to any secret, in commit order, from `resumeAfter` (exclusive) or from now. The first item is a
+   * ChangeStart once the feed is open; a ChangeReset follows when `resumeAfter` is no longer available, or comes
+   * later if history is lost while reading. Survives transient backend failures by resuming.
    */
   changes(opts: ChangesOptions): AsyncIterable<ChangeFeedItem>;
   /** A consumer's last persisted feed position. */

@@ -39,26 +39,42 @@ export function secretDoc(
   );
 }
 
-/** Collects feed items until `n` arrived or `ms` passed. */
-async function take(storage: Storage, n: number, resumeAfter: string | undefined, ms = 5000): Promise<ChangeFeedItem[]> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), ms);
-  const out: ChangeFeedItem[] = [];
-  try {
-    for await (const item of storage.changes({ resumeAfter, signal: ac.signal })) {
-      out.push(item);
-      if (out.length >= n) break;
+/**
+ * Reads the feed from `resumeAfter` (or now) and collects `n` items after the start item (all items, start
+ * included, when `keepStart`), or what came within `ms`. `started` resolves once the feed is open.
+ */
+function read(
+  storage: Storage,
+  n: number,
+  resumeAfter: string | undefined,
+  opts: { ms?: number; keepStart?: boolean } = {},
+): { started: Promise<void>; items: Promise<ChangeFeedItem[]> } {
+  let open: () => void = () => {};
+  const started = new Promise<void>((r) => {
+    open = r;
+  });
+  const items = (async () => {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), opts.ms ?? 5000);
+    const out: ChangeFeedItem[] = [];
+    try {
+      for await (const item of storage.changes({ resumeAfter, signal: ac.signal })) {
+        if (item.op === "start") open();
+        if (item.op !== "start" || opts.keepStart) out.push(item);
+        if (out.length >= n) break;
+      }
+    } finally {
+      clearTimeout(timer);
+      ac.abort();
+      open();
     }
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
-  }
-  return out;
+    return out;
+  })();
+  return { started, items };
 }
 
-/** Starts reading the feed from now; resolves with what arrived once `n` items came (or `ms` passed). */
-function follow(storage: Storage, n: number, ms = 5000): Promise<ChangeFeedItem[]> {
-  return take(storage, n, undefined, ms);
+async function take(storage: Storage, n: number, resumeAfter: string | undefined, ms = 5000): Promise<ChangeFeedItem[]> {
+  return read(storage, n, resumeAfter, { ms }).items;
 }
 
 export function exerciseStorage(name: string, fixture: StorageFixture): void {
@@ -209,15 +225,15 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
     it("feeds every change in commit order, to another process too", async () => {
       const other = await peer();
       try {
-        const local = follow(s, 3);
-        const remote = follow(other, 3);
-        await new Promise((r) => setTimeout(r, 300)); // both feeds open
+        const local = read(s, 3, undefined);
+        const remote = read(other, 3, undefined);
+        await Promise.all([local.started, remote.started]);
         const doc = secretDoc("feed/one", { kind: "automatic", interval: 60 });
         await s.insertSecret(doc);
         const v2 = appendVersion(doc, sealed(), T0 + 1000, 10);
         await s.replaceSecret(v2, doc.revision);
         await s.deleteSecret(doc.id, v2.revision);
-        for (const items of [await local, await remote]) {
+        for (const items of [await local.items, await remote.items]) {
           const events = items.filter((i) => i.op !== "reset");
           assert.deepEqual(
             events.map((e) => e.op),
@@ -242,11 +258,11 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
     });
 
     it("resumes the feed after a token, and resets on a token it cannot honour", async () => {
-      const start = follow(s, 1);
-      await new Promise((r) => setTimeout(r, 300));
+      const start = read(s, 1, undefined);
+      await start.started;
       const a = secretDoc("resume/a");
       await s.insertSecret(a);
-      const [first] = await start;
+      const [first] = await start.items;
       assert.ok(first && first.op === "insert");
       const b = secretDoc("resume/b");
       const c = secretDoc("resume/c");
@@ -254,19 +270,61 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
       await s.insertSecret(c);
       const resumed = await take(s, 2, first.token);
       assert.deepEqual(
-        resumed.map((e) => (e.op === "reset" ? "reset" : e.name)),
+        resumed.filter((e) => e.op !== "start").map((e) => (e.op === "reset" ? "reset" : e.name)),
         ["resume/b", "resume/c"],
       );
-      const bogus = await take(s, 1, "not-a-token-we-issued", 3000);
-      assert.equal(bogus[0]?.op, "reset");
+      const bogus = await read(s, 2, "not-a-token-we-issued", { ms: 3000, keepStart: true }).items;
+      assert.deepEqual(
+        bogus.map((e) => e.op),
+        ["start", "reset"],
+      );
+    });
+
+    it("resumes from the start token without missing writes made right after it", async () => {
+      const feed = read(s, 1, undefined, { keepStart: true });
+      const [start] = await feed.items;
+      assert.equal(start?.op, "start");
+      const docs = [secretDoc("start/a"), secretDoc("start/b")];
+      for (const d of docs) await s.insertSecret(d);
+      const resumed = await take(s, 2, start?.token);
+      assert.deepEqual(
+        resumed.map((e) => (e.op === "insert" ? e.name : e.op)),
+        ["start/a", "start/b"],
+      );
+    });
+
+    it("marks which changes made a new version", async () => {
+      const feed = read(s, 3, undefined);
+      await feed.started;
+      const doc = secretDoc("feed/kinds", { kind: "automatic", interval: 60 });
+      await s.insertSecret(doc);
+      const rotated = appendVersion(doc, sealed(), T0 + 5000, 10);
+      await s.replaceSecret(rotated, doc.revision);
+      const touched = { ...rotated, description: "new words", updatedAt: T0 + 6000, revision: rotated.revision + 1 };
+      await s.replaceSecret(touched, rotated.revision);
+      const [ins, rot, meta] = (await feed.items) as Extract<ChangeFeedItem, { id: string }>[];
+      assert.equal(ins?.versionCreatedAt, ins?.at, "creation made version 1");
+      assert.equal(rot?.versionCreatedAt, rot?.at, "a rotation made a version");
+      assert.equal(rot?.at, T0 + 5000);
+      assert.notEqual(meta?.versionCreatedAt, meta?.at, "a metadata change did not");
+    });
+
+    it("answers each of many concurrent writes on its own", async () => {
+      const docs = Array.from({ length: 40 }, (_, i) => secretDoc(`burst/${i % 30}`));
+      const results = await Promise.all(docs.map((d) => s.insertSecret(d)));
+      assert.equal(results.filter(Boolean).length, 30, "ten names were taken by earlier writes in the burst");
+      const page = await s.listSecrets({ store: "default", prefix: "burst/", limit: 100 });
+      assert.equal(page.length, 30);
+      const stale = await Promise.all(page.map((d) => s.replaceSecret({ ...d, revision: d.revision + 1 }, d.revision + 5)));
+      assert.equal(stale.some(Boolean), false);
     });
 
     it("carries no secret value or ciphertext in change events", async () => {
-      const feed = follow(s, 1);
-      await new Promise((r) => setTimeout(r, 300));
+      const feed = read(s, 1, undefined);
+      await feed.started;
       const doc = secretDoc("feed/private");
       await s.insertSecret(doc);
-      const [ev] = await feed;
+      const [ev] = await feed.items;
       assert.ok(ev);
       assert.doesNotMatch(JSON.stringify(ev), /v1\.testkey\./);
     });

@@ -15,7 +15,7 @@ import {
   toMongoDataKey,
   toMongoSecret,
 } from "../../src/storage/mongodb/mongo-documents.js";
-import { decodeResumeToken, encodeResumeToken, toChangeEvent } from "../../src/storage/mongodb/mongo-storage.js";
+import { decodePosition, encodeResumeToken, resumeOptions, toChangeEvent } from "../../src/storage/mongodb/mongo-storage.js";
 
 /** The MongoDB adapter's pure parts: document mapping, filters, indexes, validator, change events. */
 
@@ -108,7 +108,15 @@ describe("MongoDB documents", () => {
   });
 
   it("maps change-stream events to the port's events", () => {
-    const after = { store: "default", name: "svc/key", revision: 3, currentVersion: 2, rotation: { nextRotationAt: new Date(T0 + 5000) } };
+    const after = {
+      store: "default",
+      name: "svc/key",
+      revision: 3,
+      currentVersion: 2,
+      lastRotatedAt: new Date(T0 - 10),
+      updatedAt: new Date(T0 - 5),
+      rotation: { nextRotationAt: new Date(T0 + 5000) },
+    };
     const base = { _id: { _data: "826" }, documentKey: { _id: "id-1" }, wallTime: new Date(T0) };
     const ins = toChangeEvent({ ...base, operationType: "insert", fullDocument: after } as unknown as ChangeStreamDocument<Document>, "tok");
     assert.deepEqual(ins, {
@@ -119,8 +127,9 @@ describe("MongoDB documents", () => {
       name: "svc/key",
       revision: 3,
       version: 2,
+      versionCreatedAt: T0 - 10,
       nextRotationAt: T0 + 5000,
-      at: T0,
+      at: T0 - 5,
     });
     const rep = toChangeEvent({ ...base, operationType: "replace", fullDocument: after } as unknown as ChangeStreamDocument<Document>, "t2");
     assert.equal(rep?.op, "update");
@@ -135,10 +144,21 @@ describe("MongoDB documents", () => {
     assert.equal(other, undefined);
   });
 
-  it("round-trips resume tokens as opaque strings", () => {
+  it("round-trips resume tokens as opaque strings and resumes after them", () => {
     const t = { _data: "8263A1B2C3000000012B022C0100296E5A1004" };
     const s = encodeResumeToken(t);
     assert.match(s, /^[A-Za-z0-9_-]+$/);
-    assert.deepEqual(decodeResumeToken(s), t);
+    assert.deepEqual(decodePosition(s), { r: t });
+    assert.deepEqual(resumeOptions(decodePosition(s)), { startAfter: t });
+  });
+
+  it("starts a fresh feed at a cluster time, and rejects tokens it did not issue", () => {
+    const start = Buffer.from(JSON.stringify({ t: [1_900_000_000, 3] })).toString("base64url");
+    const opts = resumeOptions(decodePosition(start));
+    assert.equal(opts.startAtOperationTime?.t, 1_900_000_000);
+    assert.equal(opts.startAtOperationTime?.i, 3);
+    assert.equal(decodePosition("garbage"), undefined);
+    assert.equal(decodePosition(Buffer.from('{"t":[1]}').toString("base64url")), undefined);
+    assert.deepEqual(resumeOptions(undefined), {});
   });
 });

@@ -7,7 +7,7 @@ import type { DataKeyRecord, ListQuery } from "../storage.js";
  * so all of it is unit-tested without a server.
  *
  * A secret is one document; times are BSON dates (readable in mongosh, usable by TTL and range queries);
- * `currentVersion` is derived on write so change-stream projections and validators can use it.
+ * `currentVersion` and `lastRotatedAt` are derived on write so change-stream projections can use them.
  */
 
 export const SECRETS = "secrets";
@@ -30,7 +30,10 @@ export interface MongoSecret {
   gracePeriodSeconds: number;
   rotation: { intervalSeconds: number; nextRotationAt: Date } | null;
   versions: MongoVersion[];
+  /** Derived: the number of the newest version. */
   currentVersion: number;
+  /** Derived: when the newest version was made. */
+  lastRotatedAt: Date;
   createdAt: Date;
   updatedAt: Date;
   revision: number;
@@ -65,6 +68,7 @@ export function toMongoSecret(doc: SecretDocument): MongoSecret {
       sealed: v.sealed,
     })),
     currentVersion: last ? last.version : 0,
+    lastRotatedAt: new Date(last ? last.createdAt : doc.createdAt),
     createdAt: new Date(doc.createdAt),
     updatedAt: new Date(doc.updatedAt),
     revision: doc.revision,
@@ -158,6 +162,7 @@ export const SECRETS_VALIDATOR: Document = {
       "rotation",
       "versions",
       "currentVersion",
+      "lastRotatedAt",
       "createdAt",
       "updatedAt",
       "revision",
@@ -197,6 +202,7 @@ export const SECRETS_VALIDATOR: Document = {
         },
       },
       currentVersion: { bsonType: ["int", "long", "double"], minimum: 1 },
+      lastRotatedAt: { bsonType: "date" },
       createdAt: { bsonType: "date" },
       updatedAt: { bsonType: "date" },
       revision: { bsonType: ["int", "long", "double"], minimum: 1 },
@@ -209,7 +215,7 @@ export const SECRETS_VALIDATOR: Document = {
  * carries (never the sealed versions), from the document after the change or, for deletes, the pre-image.
  */
 export function changeStreamPipeline(): Document[] {
-  const keep = ["store", "name", "revision", "currentVersion", "rotation.nextRotationAt"];
+  const keep = ["store", "name", "revision", "currentVersion", "lastRotatedAt", "updatedAt", "rotation.nextRotationAt"];
   const project: Document = { operationType: 1, documentKey: 1, wallTime: 1, clusterTime: 1 };
   for (const f of keep) {
     project[`fullDocument.${f}`] = 1;

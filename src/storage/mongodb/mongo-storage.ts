@@ -8,6 +8,7 @@ import {
   MongoClient,
   MongoServerError,
   type ResumeToken,
+  Timestamp,
 } from "mongodb";
 import type { Logger } from "../../log/logger.js";
 import type { ChangeEvent, ChangeFeedItem, Storage } from "../storage.js";
@@ -113,7 +114,7 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       return m?.rotation?.nextRotationAt.getTime();
     },
     changes({ resumeAfter, signal }) {
-      return watchSecrets(secrets, resumeAfter, signal, logger);
+      return watchSecrets(db, secrets, resumeAfter, signal, logger);
     },
     async loadResumeToken(consumer) {
       return (await cursors.findOne({ _id: consumer }))?.token;
@@ -169,15 +170,40 @@ function ignoreAlreadyExists(err: unknown): void {
   if (!(err instanceof MongoServerError && err.code === 48)) throw err;
 }
 
+/**
+ * A feed position: a change stream resume token (`r`), or, before the first event, the cluster time the feed
+ * opened at (`t`, seconds and increment).
+ */
+type FeedPosition = { r: ResumeToken } | { t: [number, number] };
+
 export function encodeResumeToken(t: ResumeToken): string {
-  return Buffer.from(JSON.stringify(t), "utf8").toString("base64url");
+  return encodePosition({ r: t });
 }
 
-export function decodeResumeToken(s: string): ResumeToken {
-  return JSON.parse(Buffer.from(s, "base64url").toString("utf8")) as ResumeToken;
+function encodePosition(p: FeedPosition): string {
+  return Buffer.from(JSON.stringify(p), "utf8").toString("base64url");
 }
 
-type Projected = Partial<Pick<MongoSecret, "store" | "name" | "revision" | "currentVersion">> & {
+/** Decodes a token this adapter issued; undefined for anything else. */
+export function decodePosition(s: string): FeedPosition | undefined {
+  try {
+    const p = JSON.parse(Buffer.from(s, "base64url").toString("utf8")) as Partial<{ r: unknown; t: unknown }>;
+    if (p.r !== undefined && typeof p.r === "object" && p.r !== null) return { r: p.r as ResumeToken };
+    if (Array.isArray(p.t) && p.t.length === 2 && p.t.every((n) => Number.isInteger(n))) return { t: p.t as [number, number] };
+  } catch {
+    // not ours
+  }
+  return undefined;
+}
+
+/** Change stream options that continue from a position. */
+export function resumeOptions(p: FeedPosition | undefined): { startAfter?: ResumeToken; startAtOperationTime?: Timestamp } {
+  if (p === undefined) return {};
+  if ("r" in p) return { startAfter: p.r };
+  return { startAtOperationTime: new Timestamp({ t: p.t[0], i: p.t[1] }) };
+}
+
+type Projected = Partial<Pick<MongoSecret, "store" | "name" | "revision" | "currentVersion" | "lastRotatedAt" | "updatedAt">> & {
   rotation?: { nextRotationAt?: Date } | null;
 };
 
@@ -188,7 +214,8 @@ export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string)
   const after = ("fullDocument" in ev ? ev.fullDocument : undefined) as Projected | null | undefined;
   const before = ("fullDocumentBeforeChange" in ev ? ev.fullDocumentBeforeChange : undefined) as Projected | null | undefined;
   const doc = op === "delete" ? before : after;
-  const at = ev.wallTime ? ev.wallTime.getTime() : ev.clusterTime ? ev.clusterTime.high * 1000 : Date.now();
+  const written = ev.wallTime ? ev.wallTime.getTime() : ev.clusterTime ? ev.clusterTime.high * 1000 : Date.now();
+  const at = op === "delete" ? written : (doc?.updatedAt?.getTime() ?? written);
   return {
     token,
     op: op === "insert" ? "insert" : op === "delete" ? "delete" : "update",
@@ -197,6 +224,7 @@ export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string)
     name: doc?.name ?? "",
     revision: doc?.revision ?? 0,
     version: doc?.currentVersion ?? 0,
+    versionCreatedAt: doc?.lastRotatedAt?.getTime() ?? 0,
     nextRotationAt: op === "delete" ? null : (doc?.rotation?.nextRotationAt?.getTime() ?? null),
     at,
   };
@@ -208,12 +236,23 @@ export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string)
  * yields a reset and continues from now.
  */
 async function* watchSecrets(
+  db: Db,
   secrets: Collection<MongoSecret>,
   resumeAfter: string | undefined,
   signal: AbortSignal,
   logger: Logger,
 ): AsyncGenerator<ChangeFeedItem> {
-  let token = resumeAfter;
+  let position = resumeAfter === undefined ? undefined : decodePosition(resumeAfter);
+  const unusable = resumeAfter !== undefined && position === undefined;
+  if (position === undefined) {
+    // Start from the cluster time now, so the start token covers events that land before the stream opens.
+    const reply = await db.command({ ping: 1 });
+    const opTime = reply.operationTime as Timestamp | undefined;
+    if (opTime) position = { t: [opTime.t, opTime.i] };
+  }
+  let token = position ? encodePosition(position) : resumeAfter;
+  yield { op: "start", token: token ?? "" };
+  if (unusable) yield { op: "reset", token };
   let backoffMs = 100;
   while (!signal.aborted) {
     let stream: ChangeStream<MongoSecret> | undefined;
@@ -223,7 +262,7 @@ async function* watchSecrets(
       stream = secrets.watch(changeStreamPipeline(), {
         fullDocument: "updateLookup",
         fullDocumentBeforeChange: "whenAvailable",
-        ...(token ? { startAfter: decodeResumeToken(token) } : {}),
+        ...resumeOptions(token === undefined ? undefined : decodePosition(token)),
       });
       for await (const ev of stream as AsyncIterable<ChangeStreamDocument<Document>>) {
         token = encodeResumeToken(ev._id);

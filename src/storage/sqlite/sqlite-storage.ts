@@ -75,10 +75,10 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       "INSERT OR IGNORE INTO data_keys (store, id, kek_id, wrapped, created_at) VALUES (@store, @id, @kekId, @wrapped, @createdAt)",
     ),
     appendChange: db.prepare(
-      "INSERT INTO changes (op, id, store, name, revision, version, next_rotation_at, at) VALUES (@op, @id, @store, @name, @revision, @version, @next, @at)",
+      "INSERT INTO changes (op, id, store, name, revision, version, version_created_at, next_rotation_at, at) VALUES (@op, @id, @store, @name, @revision, @version, @versionAt, @next, @at)",
     ),
     readChanges: db.prepare<[number, number], ChangeRow>(
-      "SELECT seq, op, id, store, name, revision, version, next_rotation_at, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, op, id, store, name, revision, version, version_created_at, next_rotation_at, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
     changeBounds: db.prepare<[], { lo: number | null; hi: number | null }>(
       "SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM changes",
@@ -102,20 +102,26 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     doc: JSON.stringify(doc),
   });
   const parse = (r: { doc: string }): SecretDocument => JSON.parse(r.doc) as SecretDocument;
-  const change = (op: ChangeEvent["op"], doc: SecretDocument) => ({
-    op,
-    id: doc.id,
-    store: doc.store,
-    name: doc.name,
-    revision: doc.revision,
-    version: currentVersion(doc).version,
-    next: op === "delete" ? null : (doc.rotation?.nextRotationAt ?? null),
-    at: Date.now(),
-  });
+  const change = (op: ChangeEvent["op"], doc: SecretDocument) => {
+    const current = currentVersion(doc);
+    return {
+      op,
+      id: doc.id,
+      store: doc.store,
+      name: doc.name,
+      revision: doc.revision,
+      version: current.version,
+      versionAt: current.createdAt,
+      next: op === "delete" ? null : (doc.rotation?.nextRotationAt ?? null),
+      at: op === "delete" ? Date.now() : doc.updatedAt,
+    };
+  };
 
   let writes = 0;
-  const afterWrite = () => {
-    if (++writes % PRUNE_EVERY_WRITES === 0) {
+  const afterWrites = (n: number) => {
+    const before = writes;
+    writes += n;
+    if (Math.floor(before / PRUNE_EVERY_WRITES) !== Math.floor(writes / PRUNE_EVERY_WRITES)) {
       q.pruneByAge.run(Date.now() - retentionMs);
       q.pruneByCount.run(retentionRows);
     }
@@ -140,6 +146,54 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
 
   const feed = createFeedSignal(inMemory ? undefined : file, feedPollMs);
 
+  /**
+   * Group commit: writes issued in the same turn of the event loop share one transaction, so one fsync
+   * acknowledges them all. Each write runs in its own savepoint, so one failing write (a taken name) does not
+   * undo the others; every caller's promise settles only after the commit is on disk.
+   */
+  interface PendingWrite {
+    run: () => boolean;
+    resolve: (ok: boolean) => void;
+    reject: (err: unknown) => void;
+  }
+  let pending: PendingWrite[] = [];
+  const commitBatch = db.transaction((batch: PendingWrite[]) =>
+    batch.map((w): { ok: boolean } | { err: unknown } => {
+      try {
+        return { ok: w.run() };
+      } catch (err) {
+        return { err };
+      }
+    }),
+  );
+  function flush(): void {
+    const batch = pending;
+    pending = [];
+    if (batch.length === 0) return;
+    let results: ({ ok: boolean } | { err: unknown })[];
+    try {
+      results = commitBatch.immediate(batch);
+    } catch (err) {
+      for (const w of batch) w.reject(err);
+      return;
+    }
+    let changed = 0;
+    batch.forEach((w, i) => {
+      const r = results[i] as { ok: boolean } | { err: unknown };
+      if ("err" in r) w.reject(r.err);
+      else {
+        if (r.ok) changed++;
+        w.resolve(r.ok);
+      }
+    });
+    if (changed > 0) afterWrites(changed);
+  }
+  function write(run: () => boolean): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      if (pending.push({ run, resolve, reject }) === 1) setImmediate(flush);
+    });
+  }
+
   function toEvent(r: ChangeRow): ChangeEvent {
     return {
       token: String(r.seq),
@@ -149,6 +203,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       name: r.name,
       revision: r.revision,
       version: r.version,
+      versionCreatedAt: r.version_created_at,
       nextRotationAt: r.next_rotation_at,
       at: r.at,
     };
@@ -159,12 +214,15 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     // gaps except where it was pruned: a gap means history was lost.
     const last = q.lastSeq.get()?.seq ?? 0;
     let seq = last;
+    let lost = false;
     if (resumeAfter !== undefined) {
       const asked = /^\d{1,15}$/.test(resumeAfter) ? Number(resumeAfter) : Number.NaN;
       const lo = q.changeBounds.get()?.lo ?? last + 1;
       if (!Number.isNaN(asked) && asked <= last && asked >= lo - 1) seq = asked;
-      else yield { op: "reset", token: String(last) };
+      else lost = true;
     }
+    yield { op: "start", token: String(seq) };
+    if (lost) yield { op: "reset", token: String(seq) };
     while (!signal.aborted) {
       const wait = feed.next(signal);
       const rows = q.readChanges.all(seq, FEED_BATCH);
@@ -187,25 +245,22 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = q.find.get(store, name);
       return r && parse(r);
     },
-    async insertSecret(doc) {
-      try {
-        insertTx(doc);
-      } catch (err) {
-        if (isUniqueViolation(err)) return false;
-        throw err;
-      }
-      afterWrite();
-      return true;
+    insertSecret(doc) {
+      return write(() => {
+        try {
+          insertTx(doc);
+          return true;
+        } catch (err) {
+          if (isUniqueViolation(err)) return false;
+          throw err;
+        }
+      });
     },
-    async replaceSecret(doc, expectedRevision) {
-      const ok = replaceTx(doc, expectedRevision);
-      if (ok) afterWrite();
-      return ok;
+    replaceSecret(doc, expectedRevision) {
+      return write(() => replaceTx(doc, expectedRevision));
     },
-    async deleteSecret(id, expectedRevision) {
-      const ok = deleteTx(id, expectedRevision);
-      if (ok) afterWrite();
-      return ok;
+    deleteSecret(id, expectedRevision) {
+      return write(() => deleteTx(id, expectedRevision));
     },
     async listSecrets(query: ListQuery) {
       const end = `${query.prefix}\u{10FFFF}`;
@@ -240,6 +295,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       return q.insertKey.run(key).changes === 1;
     },
     async close() {
+      if (pending.length > 0) flush();
       feed.close();
       if (db.open) db.close();
     },
@@ -262,6 +318,7 @@ interface ChangeRow {
   name: string;
   revision: number;
   version: number;
+  version_created_at: number;
   next_rotation_at: number | null;
   at: number;
 }
@@ -348,6 +405,7 @@ const MIGRATIONS: readonly string[] = [
      name TEXT NOT NULL,
      revision INTEGER NOT NULL,
      version INTEGER NOT NULL,
+     version_created_at INTEGER NOT NULL,
      next_rotation_at INTEGER,
      at INTEGER NOT NULL
    );
