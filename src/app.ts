@@ -63,16 +63,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     throw err;
   }
 
-  let scheduler: RotationScheduler | undefined;
-  const manager = createSecretManager({
-    storage,
-    envelope,
-    clock,
-    logger,
-    maxVersions: config.maxVersions,
-    onScheduled: (at) => scheduler?.notify(at),
-  });
-  scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.rotateIfDue(doc), clock, logger });
+  const manager = createSecretManager({ storage, envelope, clock, logger, maxVersions: config.maxVersions });
+  const scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.rotateIfDue(doc), clock, logger });
 
   const access = createAccessControl({
     adminTokens,

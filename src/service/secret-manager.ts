@@ -97,8 +97,6 @@ export interface SecretManagerDeps {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly maxVersions: number;
-  /** Told the next rotation time of every automatic secret written (the in-process scheduler listens). */
-  readonly onScheduled?: ((nextRotationAt: number) => void) | undefined;
 }
 
 const MAX_CAS_ATTEMPTS = 16;
@@ -112,10 +110,6 @@ export function generateValue(): string {
 
 export function createSecretManager(deps: SecretManagerDeps): SecretManager {
   const { storage, envelope, clock, logger, maxVersions } = deps;
-
-  const scheduled = (doc: SecretDocument) => {
-    if (doc.rotation && deps.onScheduled) deps.onScheduled(doc.rotation.nextRotationAt);
-  };
 
   async function load(ref: SecretRef): Promise<SecretDocument> {
     validateName(ref.name);
@@ -167,7 +161,6 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       const doc = await load(ref);
       const { next, result } = await change(doc);
       if (!(await storage.replaceSecret(next, doc.revision))) return { done: false };
-      scheduled(next);
       return { done: true, value: result };
     });
   }
@@ -202,7 +195,6 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       if (!(await storage.insertSecret(doc))) {
         throw new LatchkeyError("already_exists", `secret "${input.name}" already exists`);
       }
-      scheduled(doc);
       return { doc, version: currentVersion(doc), value };
     },
 
@@ -289,7 +281,6 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       if (!(await storage.replaceSecret(next, doc.revision))) return undefined;
       const version = currentVersion(next).version;
       logger.info({ event: "rotated", store: doc.store, secret: doc.name, version }, "secret rotated");
-      scheduled(next);
       return version;
     },
   };

@@ -39,7 +39,7 @@ let schedulers: RotationScheduler[];
 /** How often the scheduler asked the store for due secrets. */
 let dueQueries: number;
 
-function setup(clock: Clock, onScheduled?: (at: number) => void): SecretManager {
+function setup(clock: Clock): SecretManager {
   const real = createSqliteStorage(join(root, `db-${++counter}`, "latchkey.db"));
   storage = {
     ...real,
@@ -54,7 +54,6 @@ function setup(clock: Clock, onScheduled?: (at: number) => void): SecretManager 
     clock,
     logger,
     maxVersions: 10,
-    onScheduled,
   });
 }
 
@@ -210,7 +209,7 @@ describe("rotation scheduler", () => {
       await within(obs.until(1), 2000, "the rotation");
       assert.equal(await versionOf("soon"), 2);
       const queriesAfterRotation = dueQueries;
-      assert.ok(queriesAfterRotation <= 3, `a start-up query and one on waking, got ${queriesAfterRotation}`);
+      assert.ok(queriesAfterRotation <= 4, `a start-up query and one or two on waking, got ${queriesAfterRotation}`);
       await sleep(150);
       assert.equal(dueQueries, queriesAfterRotation, "idle until the next rotation an hour away");
     });
@@ -225,44 +224,39 @@ describe("rotation scheduler", () => {
       assert.equal(await versionOf("late"), 2);
     });
 
-    it("re-arms for an earlier time given to notify", async () => {
+    it("wakes early when the change feed reports an earlier schedule", async () => {
       const manager = setup(systemClock);
       await manager.create({ store: "default", name: "later", kind: "automatic", rotationIntervalSeconds: 3600 });
       const obs = observedRotate(manager);
       const s = scheduler({ rotate: obs.rotate, clock: systemClock });
       await s.start();
-      await sleep(20); // the start-up run has armed the timer for an hour from now
-      const queries = dueQueries;
-      // Another writer makes it due soon without the scheduler hearing of it: no wake-up.
-      const at = Date.now() + 40;
-      await dueAt("later", at);
-      await sleep(120);
-      assert.equal(obs.rotated.length, 0, "not woken without notify");
-      assert.equal(dueQueries, queries);
-      s.notify(Date.now() + 20);
-      await within(obs.until(1), 2000, "the rotation after notify");
+      await sleep(50); // the start-up run has armed the timer for an hour from now
+      // Another process makes it due soon: the scheduler hears of it only through the feed.
+      await dueAt("later", Date.now() + 40);
+      await within(obs.until(1), 3000, "the rotation after the feed event");
       assert.equal(await versionOf("later"), 2);
     });
 
-    it("keeps the earlier alarm when notify gives a later time", async () => {
+    it("keeps the earlier alarm when the feed reports a later schedule", async () => {
       const manager = setup(systemClock);
       await manager.create({ store: "default", name: "soon", kind: "automatic", rotationIntervalSeconds: 3600 });
-      await dueAt("soon", Date.now() + 60);
+      await manager.create({ store: "default", name: "far", kind: "automatic", rotationIntervalSeconds: 3600 });
+      await dueAt("soon", Date.now() + 150);
       const obs = observedRotate(manager);
       const s = scheduler({ rotate: obs.rotate, clock: systemClock });
       await s.start();
-      await sleep(10);
-      s.notify(Date.now() + 3_600_000);
-      await within(obs.until(1), 2000, "the rotation");
+      await sleep(20);
+      await dueAt("far", Date.now() + 3_000_000);
+      await within(obs.until(1), 3000, "the rotation");
+      assert.deepEqual(obs.rotated, ["soon"]);
     });
 
-    it("hears of new schedules through the manager's onScheduled", async () => {
-      let s: RotationScheduler | undefined;
-      const manager = setup(systemClock, (at) => s?.notify(at));
+    it("hears of new and changed schedules through the change feed", async () => {
+      const manager = setup(systemClock);
       const obs = observedRotate(manager);
-      s = scheduler({ rotate: obs.rotate, clock: systemClock });
+      const s = scheduler({ rotate: obs.rotate, clock: systemClock });
       await s.start();
-      await sleep(10);
+      await sleep(20);
       const created = await manager.create({ store: "default", name: "fresh", kind: "automatic", rotationIntervalSeconds: 3600 });
       // Shorten the schedule through the manager: the interval is re-based on the creation time.
       await manager.update({ store: "default", name: "fresh" }, { rotationIntervalSeconds: 1 });
@@ -271,7 +265,7 @@ describe("rotation scheduler", () => {
       assert.equal(await versionOf("fresh"), 2);
     });
 
-    it("stops: no rotation after stop, and notify no longer arms", async () => {
+    it("stops: no rotation after stop, even when the feed reports a due secret", async () => {
       const manager = setup(systemClock);
       await manager.create({ store: "default", name: "soon", kind: "automatic", rotationIntervalSeconds: 3600 });
       await dueAt("soon", Date.now() + 60);
@@ -279,10 +273,27 @@ describe("rotation scheduler", () => {
       const s = scheduler({ rotate: obs.rotate, clock: systemClock });
       await s.start();
       await s.stop();
-      s.notify(Date.now() + 10);
+      await dueAt("soon", Date.now() + 10);
       await sleep(200);
       assert.equal(obs.rotated.length, 0);
       assert.equal(await versionOf("soon"), 1);
+    });
+
+    it("rescans and keeps its feed position across a restart", async () => {
+      const manager = setup(systemClock);
+      await manager.create({ store: "default", name: "r", kind: "automatic", rotationIntervalSeconds: 3600 });
+      const obs = observedRotate(manager);
+      const first = scheduler({ rotate: obs.rotate, clock: systemClock, saveEveryMs: 0 });
+      await first.start();
+      await sleep(50);
+      await first.stop();
+      assert.ok(await storage.loadResumeToken("rotation-scheduler"), "position saved on stop");
+      // While no scheduler runs, the secret falls due.
+      await dueAt("r", Date.now() - 1000);
+      const second = scheduler({ rotate: obs.rotate, clock: systemClock });
+      await second.start();
+      await within(obs.until(1), 3000, "the rotation after restart");
+      assert.equal(await versionOf("r"), 2);
     });
 
     it("waits for a rotation in flight before stop resolves", async () => {
@@ -376,6 +387,9 @@ describe("rotation scheduler", () => {
             return storage.findDueSecrets(now, limit);
           },
           nextRotationAt: () => storage.nextRotationAt(),
+          changes: (o) => storage.changes(o),
+          loadResumeToken: (c) => storage.loadResumeToken(c),
+          saveResumeToken: (c, t) => storage.saveResumeToken(c, t),
         },
         rotate: obs.rotate,
         clock: fakeClock,
