@@ -72,6 +72,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     trustedProxies: config.trustedProxies,
   });
   let draining = false;
+  const drain = new AbortController();
   const rest = createRestApi({
     manager,
     access,
@@ -85,7 +86,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
   const infos = new WeakMap<object, RequestInfo>();
   const rpc = connectNodeAdapter({
-    routes: (router) => router.service(SecretService, createSecretServiceImpl(manager)),
+    routes: (router) => router.service(SecretService, createSecretServiceImpl({ manager, storage, drain: drain.signal })),
     interceptors: [createRpcInterceptor({ access, logger })],
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
     readMaxBytes: 1024 * 1024,
@@ -136,6 +137,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     close(graceMs = 10_000) {
       closing ??= (async () => {
         draining = true;
+        drain.abort();
         await server.close(graceMs);
         await scheduler.stop();
         await storage.close();

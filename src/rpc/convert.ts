@@ -1,6 +1,15 @@
 import { create } from "@bufbuild/protobuf";
 import { type Duration, DurationSchema, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { type Secret, SecretKind, SecretSchema, type SecretVersion, SecretVersionSchema } from "../../gen/latchkey/v1/secret_pb.js";
+import {
+  SecretEventType,
+  type Secret,
+  SecretKind,
+  SecretSchema,
+  type SecretVersion,
+  SecretVersionSchema,
+} from "../../gen/latchkey/v1/secret_pb.js";
+import { type WatchSecretsResponse, WatchSecretsResponseSchema } from "../../gen/latchkey/v1/secret_service_pb.js";
+import type { SecretEvent } from "../service/secret-watch.js";
 import { invalidArgument } from "../domain/errors.js";
 import { currentVersion, type SecretDocument, type SecretKind as DomainKind, type VersionRecord } from "../domain/secret.js";
 
@@ -58,4 +67,30 @@ export function fromProtoKind(kind: SecretKind, field = "kind"): DomainKind | un
     default:
       throw invalidArgument(field, "enum", `${field} must be SECRET_KIND_MANUAL or SECRET_KIND_AUTOMATIC`);
   }
+}
+
+const EVENT_TYPES = {
+  started: SecretEventType.STARTED,
+  created: SecretEventType.CREATED,
+  rotated: SecretEventType.ROTATED,
+  updated: SecretEventType.UPDATED,
+  deleted: SecretEventType.DELETED,
+  reset: SecretEventType.RESET,
+} as const;
+
+export function toProtoEvent(ev: SecretEvent): WatchSecretsResponse {
+  const c = ev.change;
+  return create(WatchSecretsResponseSchema, {
+    type: EVENT_TYPES[ev.type],
+    resumeToken: ev.resumeToken,
+    ...(c && {
+      id: c.id,
+      store: c.store,
+      name: c.name,
+      version: c.version,
+      revision: BigInt(c.revision),
+      at: timestampFromMs(c.at),
+      nextRotationAt: c.nextRotationAt === null ? undefined : timestampFromMs(c.nextRotationAt),
+    }),
+  });
 }

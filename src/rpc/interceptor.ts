@@ -23,8 +23,25 @@ export function createRpcInterceptor(deps: { access: AccessControl; logger: Logg
       if (permission === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
       access.authorize(permission, { authorization: req.header.get("authorization") ?? undefined, ip: info?.ip });
       const res = await next(req);
-      if (info) info.code = "ok";
-      return res;
+      if (!res.stream) {
+        if (info) info.code = "ok";
+        return res;
+      }
+      // A stream's outcome is known only when it ends: map its errors the same way, and record how it ended.
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+            if (info) info.code = "ok";
+          } catch (err) {
+            const ce = toConnectError(err, requestId, logger);
+            if (info) info.code = codeName(ce.code);
+            throw ce;
+          }
+        })(),
+      };
     } catch (err) {
       const ce = toConnectError(err, requestId, logger);
       if (info) info.code = codeName(ce.code);

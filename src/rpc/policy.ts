@@ -13,6 +13,7 @@ export const RPC_PERMISSIONS: Readonly<Record<string, Permission>> = {
   "latchkey.v1.SecretService.DeleteSecret": "admin",
   "latchkey.v1.SecretService.RotateSecret": "admin",
   "latchkey.v1.SecretService.VerifySecret": "read",
+  "latchkey.v1.SecretService.WatchSecrets": "read",
 };
 
 export function permissionFor(method: DescMethod): Permission | undefined {

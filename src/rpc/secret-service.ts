@@ -1,11 +1,20 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { SecretService } from "../../gen/latchkey/v1/secret_service_pb.js";
 import { DEFAULT_STORE } from "../domain/secret.js";
 import type { OpenedSecret, SecretManager } from "../service/secret-manager.js";
-import { fromProtoKind, fromProtoSeconds, toProtoSecret, toProtoVersion } from "./convert.js";
+import { watchSecrets } from "../service/secret-watch.js";
+import type { Storage } from "../storage/storage.js";
+import { fromProtoKind, fromProtoSeconds, toProtoEvent, toProtoSecret, toProtoVersion } from "./convert.js";
+
+export interface SecretServiceDeps {
+  readonly manager: SecretManager;
+  readonly storage: Pick<Storage, "changes">;
+  /** Aborted when the server starts draining: open watches end with UNAVAILABLE so clients reconnect elsewhere. */
+  readonly drain: AbortSignal;
+}
 
 /** The SecretService handlers: convert the request, call the manager, convert the result. */
-export function createSecretServiceImpl(manager: SecretManager): ServiceImpl<typeof SecretService> {
+export function createSecretServiceImpl({ manager, storage, drain }: SecretServiceDeps): ServiceImpl<typeof SecretService> {
   const ref = (name: string) => ({ store: DEFAULT_STORE, name });
   const opened = (s: OpenedSecret) => ({
     secret: toProtoSecret(s.doc),
@@ -58,6 +67,14 @@ export function createSecretServiceImpl(manager: SecretManager): ServiceImpl<typ
     },
     async verifySecret(req) {
       return manager.verify(ref(req.name), req.value);
+    },
+    async *watchSecrets(req, ctx) {
+      const signal = AbortSignal.any([ctx.signal, drain]);
+      const input = { store: DEFAULT_STORE, prefix: req.namePrefix, resumeAfter: req.resumeToken };
+      for await (const ev of watchSecrets(storage, input, signal)) yield toProtoEvent(ev);
+      if (drain.aborted && !ctx.signal.aborted) {
+        throw new ConnectError("server is draining: reconnect with your last resume_token", Code.Unavailable);
+      }
     },
   };
 }

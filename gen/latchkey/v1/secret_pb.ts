@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/secret.proto.
  */
 export const file_latchkey_v1_secret: GenFile = /*@__PURE__*/
-  fileDesc("ChhsYXRjaGtleS92MS9zZWNyZXQucHJvdG8SC2xhdGNoa2V5LnYxIsoDCgZTZWNyZXQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRraW5kGAMgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0S2luZBITCgtkZXNjcmlwdGlvbhgEIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YBSABKA0SNAoRcm90YXRpb25faW50ZXJ2YWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEG5leHRfcm90YXRpb25fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDCABKAQSDQoFc3RvcmUYDSABKAkikgEKDVNlY3JldFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2YWxpZF91bnRpbBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgEIAEoCCpcCgpTZWNyZXRLaW5kEhsKF1NFQ1JFVF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSU0VDUkVUX0tJTkRfTUFOVUFMEAESGQoVU0VDUkVUX0tJTkRfQVVUT01BVElDEAJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhsYXRjaGtleS92MS9zZWNyZXQucHJvdG8SC2xhdGNoa2V5LnYxIsoDCgZTZWNyZXQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRraW5kGAMgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0S2luZBITCgtkZXNjcmlwdGlvbhgEIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YBSABKA0SNAoRcm90YXRpb25faW50ZXJ2YWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEG5leHRfcm90YXRpb25fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDCABKAQSDQoFc3RvcmUYDSABKAkikgEKDVNlY3JldFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2YWxpZF91bnRpbBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgEIAEoCCpcCgpTZWNyZXRLaW5kEhsKF1NFQ1JFVF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSU0VDUkVUX0tJTkRfTUFOVUFMEAESGQoVU0VDUkVUX0tJTkRfQVVUT01BVElDEAIq7AEKD1NlY3JldEV2ZW50VHlwZRIhCh1TRUNSRVRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1NUQVJURUQQARIdChlTRUNSRVRfRVZFTlRfVFlQRV9DUkVBVEVEEAISHQoZU0VDUkVUX0VWRU5UX1RZUEVfUk9UQVRFRBADEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1VQREFURUQQBBIdChlTRUNSRVRfRVZFTlRfVFlQRV9ERUxFVEVEEAUSGwoXU0VDUkVUX0VWRU5UX1RZUEVfUkVTRVQQBmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Secret is the metadata of a secret. It never carries a value.
@@ -180,4 +180,64 @@ export enum SecretKind {
  */
 export const SecretKindSchema: GenEnum<SecretKind> = /*@__PURE__*/
   enumDesc(file_latchkey_v1_secret, 0);
+
+/**
+ * SecretEventType says what a WatchSecrets event reports.
+ *
+ * @generated from enum latchkey.v1.SecretEventType
+ */
+export enum SecretEventType {
+  /**
+   * @generated from enum value: SECRET_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The watch is open; resume_token is its starting position.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_STARTED = 1;
+   */
+  STARTED = 1,
+
+  /**
+   * A secret was created (version 1).
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_CREATED = 2;
+   */
+  CREATED = 2,
+
+  /**
+   * A new version became current: a rotation, or an update with a new value.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_ROTATED = 3;
+   */
+  ROTATED = 3,
+
+  /**
+   * Metadata changed; the current version did not.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_UPDATED = 4;
+   */
+  UPDATED = 4,
+
+  /**
+   * The secret was deleted with all its versions.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_DELETED = 5;
+   */
+  DELETED = 5,
+
+  /**
+   * Events between the resume token and now are no longer available: re-read whatever you cache.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_RESET = 6;
+   */
+  RESET = 6,
+}
+
+/**
+ * Describes the enum latchkey.v1.SecretEventType.
+ */
+export const SecretEventTypeSchema: GenEnum<SecretEventType> = /*@__PURE__*/
+  enumDesc(file_latchkey_v1_secret, 1);
 

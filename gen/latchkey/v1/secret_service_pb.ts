@@ -4,9 +4,9 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { Secret, SecretKind, SecretVersion } from "./secret_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Secret, SecretEventType, SecretKind, SecretVersion } from "./secret_pb.js";
 import { file_latchkey_v1_secret } from "./secret_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/secret_service.proto.
  */
 export const file_latchkey_v1_secret_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEi4wEKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZSJ2ChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSIxChBHZXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDSJ0ChFHZXRTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYAyABKAkiUAoSTGlzdFNlY3JldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJIlQKE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+QEKE1VwZGF0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBEhgKC2Rlc2NyaXB0aW9uGAMgASgJSAGIAQESJQoEa2luZBgEIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldEtpbmQSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZUIOCgxfZGVzY3JpcHRpb24iOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IiMKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIjChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkidwoUUm90YXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0EisKB3ZlcnNpb24YAiABKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uEg0KBXZhbHVlGAMgASgJIjIKE1ZlcmlmeVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNMuIECg1TZWNyZXRTZXJ2aWNlElAKC1N0b3JlU2VjcmV0Eh8ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0GiAubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXNwb25zZRJPCglHZXRTZWNyZXQSHS5sYXRjaGtleS52MS5HZXRTZWNyZXRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJVCgtMaXN0U2VjcmV0cxIfLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJTCgxVcGRhdGVTZWNyZXQSIC5sYXRjaGtleS52MS5VcGRhdGVTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVzcG9uc2USWAoMRGVsZXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlIgOQAgISUwoMUm90YXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElMKDFZlcmlmeVNlY3JldBIgLmxhdGNoa2V5LnYxLlZlcmlmeVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_latchkey_v1_secret]);
+  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEi4wEKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZSJ2ChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSIxChBHZXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDSJ0ChFHZXRTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYAyABKAkiUAoSTGlzdFNlY3JldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJIlQKE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+QEKE1VwZGF0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBEhgKC2Rlc2NyaXB0aW9uGAMgASgJSAGIAQESJQoEa2luZBgEIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldEtpbmQSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZUIOCgxfZGVzY3JpcHRpb24iOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IiMKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIjChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkidwoUUm90YXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0EisKB3ZlcnNpb24YAiABKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uEg0KBXZhbHVlGAMgASgJIjIKE1ZlcmlmeVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNIkAKE1dhdGNoU2VjcmV0c1JlcXVlc3QSEwoLbmFtZV9wcmVmaXgYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJIoICChRXYXRjaFNlY3JldHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0RXZlbnRUeXBlEgoKAmlkGAIgASgJEg0KBXN0b3JlGAMgASgJEgwKBG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIQCghyZXZpc2lvbhgGIAEoBBImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbmV4dF9yb3RhdGlvbl9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdW1lX3Rva2VuGAkgASgJMr4FCg1TZWNyZXRTZXJ2aWNlElAKC1N0b3JlU2VjcmV0Eh8ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0GiAubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXNwb25zZRJPCglHZXRTZWNyZXQSHS5sYXRjaGtleS52MS5HZXRTZWNyZXRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJVCgtMaXN0U2VjcmV0cxIfLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJTCgxVcGRhdGVTZWNyZXQSIC5sYXRjaGtleS52MS5VcGRhdGVTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVzcG9uc2USWAoMRGVsZXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlIgOQAgISUwoMUm90YXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElMKDFZlcmlmeVNlY3JldBIgLmxhdGNoa2V5LnYxLlZlcmlmeVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXNwb25zZRJaCgxXYXRjaFNlY3JldHMSIC5sYXRjaGtleS52MS5XYXRjaFNlY3JldHNSZXF1ZXN0GiEubGF0Y2hrZXkudjEuV2F0Y2hTZWNyZXRzUmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_latchkey_v1_secret]);
 
 /**
  * @generated from message latchkey.v1.StoreSecretRequest
@@ -389,6 +389,97 @@ export const VerifySecretResponseSchema: GenMessage<VerifySecretResponse> = /*@_
   messageDesc(file_latchkey_v1_secret_service, 13);
 
 /**
+ * @generated from message latchkey.v1.WatchSecretsRequest
+ */
+export type WatchSecretsRequest = Message<"latchkey.v1.WatchSecretsRequest"> & {
+  /**
+   * Only secrets whose name starts with this prefix.
+   *
+   * @generated from field: string name_prefix = 1;
+   */
+  namePrefix: string;
+
+  /**
+   * Continue after this event (the resume_token of an earlier WatchSecretsResponse); empty: from now.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.WatchSecretsRequest.
+ * Use `create(WatchSecretsRequestSchema)` to create a new message.
+ */
+export const WatchSecretsRequestSchema: GenMessage<WatchSecretsRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 14);
+
+/**
+ * @generated from message latchkey.v1.WatchSecretsResponse
+ */
+export type WatchSecretsResponse = Message<"latchkey.v1.WatchSecretsResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.SecretEventType type = 1;
+   */
+  type: SecretEventType;
+
+  /**
+   * The secret the event is about (empty for STARTED and RESET).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string store = 3;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * The current version after the change (for DELETED: the last one).
+   *
+   * @generated from field: uint32 version = 5;
+   */
+  version: number;
+
+  /**
+   * @generated from field: uint64 revision = 6;
+   */
+  revision: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 7;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * When the next automatic rotation is due; unset for manual or deleted secrets.
+   *
+   * @generated from field: google.protobuf.Timestamp next_rotation_at = 8;
+   */
+  nextRotationAt?: Timestamp | undefined;
+
+  /**
+   * Pass this back in WatchSecretsRequest.resume_token to continue after this event.
+   *
+   * @generated from field: string resume_token = 9;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.WatchSecretsResponse.
+ * Use `create(WatchSecretsResponseSchema)` to create a new message.
+ */
+export const WatchSecretsResponseSchema: GenMessage<WatchSecretsResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 15);
+
+/**
  * SecretService manages the whole lifecycle of secrets: store, read, list, update, rotate, verify and delete.
  *
  * Reads (GetSecret, VerifySecret) are allowed from the configured client IPs; every other call needs an
@@ -467,6 +558,18 @@ export const SecretService: GenService<{
     methodKind: "unary";
     input: typeof VerifySecretRequestSchema;
     output: typeof VerifySecretResponseSchema;
+  },
+  /**
+   * WatchSecrets streams changes to secrets as they happen: creations, rotations, other updates, deletions.
+   * Events carry metadata and version numbers, never values. The first event is STARTED. To continue after a
+   * reconnect without missing or repeating anything, pass the resume_token of the last event received.
+   *
+   * @generated from rpc latchkey.v1.SecretService.WatchSecrets
+   */
+  watchSecrets: {
+    methodKind: "server_streaming";
+    input: typeof WatchSecretsRequestSchema;
+    output: typeof WatchSecretsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_latchkey_v1_secret_service, 0);
