@@ -224,15 +224,17 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     yield { op: "start", token: String(seq) };
     if (lost) yield { op: "reset", token: String(seq) };
     while (!signal.aborted) {
+      // Listen before reading, so a write landing between the read and the wait still wakes us.
       const wait = feed.next(signal);
       const rows = q.readChanges.all(seq, FEED_BATCH);
+      if (rows.length === FEED_BATCH) wait.cancel();
       if (rows[0] && rows[0].seq !== seq + 1) yield { op: "reset", token: String(seq) };
       for (const r of rows) {
         seq = r.seq;
         yield toEvent(r);
         if (signal.aborted) return;
       }
-      if (rows.length < FEED_BATCH) await wait;
+      if (rows.length < FEED_BATCH) await wait.promise;
     }
   }
 
@@ -352,10 +354,14 @@ function createFeedSignal(file: string | undefined, pollMs: number) {
   }
   return {
     signal: fire,
-    /** Resolves on the next signal, after `pollMs`, or when `abort` fires. */
-    next(abort: AbortSignal): Promise<void> {
-      return new Promise<void>((resolve) => {
-        const done = () => {
+    /** A wait that resolves on the next signal, after `pollMs`, or when `abort` fires; `cancel` settles it now. */
+    next(abort: AbortSignal): { promise: Promise<void>; cancel: () => void } {
+      let done: () => void = () => {};
+      const promise = new Promise<void>((resolve) => {
+        let settled = false;
+        done = () => {
+          if (settled) return;
+          settled = true;
           clearTimeout(timer);
           abort.removeEventListener("abort", done);
           resolve();
@@ -365,6 +371,7 @@ function createFeedSignal(file: string | undefined, pollMs: number) {
         abort.addEventListener("abort", done, { once: true });
         waiters.push(done);
       });
+      return { promise, cancel: done };
     },
     close() {
       watcher?.close();
