@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { SecretService } from "../gen/latchkey/v1/secret_service_pb.js";
+import { StoreService } from "../gen/latchkey/v1/store_service_pb.js";
+import { VarService } from "../gen/latchkey/v1/var_service_pb.js";
 import { createAccessControl } from "./auth/access.js";
 import type { Config } from "./config/config.js";
 import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope.js";
@@ -15,8 +17,12 @@ import { createRestApi } from "./rest/rest-api.js";
 import { codeName } from "./rpc/errors.js";
 import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
 import { createSecretServiceImpl } from "./rpc/secret-service.js";
+import { createStoreServiceImpl } from "./rpc/store-service.js";
+import { createVarServiceImpl } from "./rpc/var-service.js";
 import { type Clock, systemClock } from "./scheduler/clock.js";
 import { createRotationScheduler, type RotationScheduler } from "./scheduler/rotation-scheduler.js";
+import { createLatchkey, type Latchkey } from "./service/latchkey.js";
+import { createQuotaGuard } from "./service/quotas.js";
 import { createSecretManager, type SecretManager } from "./service/secret-manager.js";
 import { createSqliteStorage } from "./storage/sqlite/sqlite-storage.js";
 import type { Storage } from "./storage/storage.js";
@@ -27,6 +33,7 @@ export interface App {
   readonly url: string;
   readonly port: number;
   readonly manager: SecretManager;
+  readonly latchkey: Latchkey;
   readonly scheduler: RotationScheduler;
   readonly storage: Storage;
   readonly logger: Logger;
@@ -55,26 +62,44 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       : [embeddedSecret(config.dataDir, ADMIN_TOKEN_FILE, "admin token", logger, () => `lk_${randomBytes(32).toString("base64url")}`)];
 
   const storage = overrides.storage ?? (await openStorage(config, logger));
-  const envelope = createEnvelope({ masterKey, storage, clock });
+  const envelope = createEnvelope({
+    masterKey,
+    previousMasterKeys: config.previousMasterKeys.map(masterKeyFrom),
+    storage,
+    clock,
+  });
+  const manager = createSecretManager({ storage, envelope, clock, logger, maxVersions: config.maxVersions });
+  const latchkey = createLatchkey({
+    storage,
+    manager,
+    envelope,
+    quotas: createQuotaGuard(storage, config.quotas),
+    clock,
+    logger,
+    maxVersions: config.maxVersions,
+  });
   try {
+    const rewrapped = await envelope.rewrapAll();
+    if (rewrapped > 0) logger.info({ rewrapped }, `re-wrapped ${rewrapped} data keys under master key ${masterKey.id}`);
     await envelope.check(DEFAULT_STORE);
+    await latchkey.ensureDefaultStore();
   } catch (err) {
     await storage.close();
     throw err;
   }
 
-  const manager = createSecretManager({ storage, envelope, clock, logger, maxVersions: config.maxVersions });
   const scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.rotateIfDue(doc), clock, logger });
 
   const access = createAccessControl({
     adminTokens,
+    serviceTokens: config.serviceTokens,
     allowedIps: config.allowedIps,
     trustedProxies: config.trustedProxies,
   });
   let draining = false;
   const drain = new AbortController();
   const rest = createRestApi({
-    manager,
+    latchkey,
     access,
     logger,
     ready: async () => {
@@ -86,7 +111,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
   const infos = new WeakMap<object, RequestInfo>();
   const rpc = connectNodeAdapter({
-    routes: (router) => router.service(SecretService, createSecretServiceImpl({ manager, storage, drain: drain.signal })),
+    routes: (router) => {
+      router.service(SecretService, createSecretServiceImpl({ latchkey, drain: drain.signal }));
+      router.service(StoreService, createStoreServiceImpl({ latchkey }));
+      router.service(VarService, createVarServiceImpl({ latchkey }));
+    },
     interceptors: [createRpcInterceptor({ access, logger })],
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
     readMaxBytes: 1024 * 1024,
@@ -131,6 +160,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     url: `http://${host}:${bound.port}`,
     port: bound.port,
     manager,
+    latchkey,
     scheduler,
     storage,
     logger,

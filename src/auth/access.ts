@@ -1,14 +1,17 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { BlockList, isIP } from "node:net";
 import { LatchkeyError } from "../domain/errors.js";
+import { ANONYMOUS, type Principal } from "../domain/principal.js";
 
 /**
  * What a call needs:
- * - "admin": a configured bearer token (management);
- * - "read": a client IP in the allowlist (GetSecret, VerifySecret);
+ * - "manage": a valid bearer token, admin or service (everything but reads and health);
+ * - "read": a client IP in the allowlist (GetSecret, VerifySecret, WatchSecrets, vars); a token is optional and,
+ *   if sent, must be valid (it decides which stores the caller sees);
  * - "public": nothing (health).
+ * Which stores a principal may touch is decided in the service layer.
  */
-export type Permission = "admin" | "read" | "public";
+export type Permission = "manage" | "read" | "public";
 
 /** The facts about a caller that access decisions use. */
 export interface Caller {
@@ -21,12 +24,18 @@ export interface Caller {
 export interface AccessControl {
   /** The client IP: the TCP peer, or the X-Forwarded-For hop before the nearest trusted proxy. */
   clientIp(peer: string | undefined, forwardedFor: string | undefined): string | undefined;
-  /** Throws unauthenticated (401) or permission_denied (403) if `caller` may not do what `permission` guards. */
-  authorize(permission: Permission, caller: Caller): void;
+  /**
+   * Establishes who the caller is and whether they may make a call guarded by `permission`. Throws
+   * unauthenticated (401: a token is needed, or the one sent is not valid) or permission_denied (403: the client
+   * IP may not read).
+   */
+  authorize(permission: Permission, caller: Caller): Principal;
 }
 
 export interface AccessOptions {
   readonly adminTokens: readonly string[];
+  /** Tokens identifying services, which own managed stores. */
+  readonly serviceTokens?: readonly { readonly service: string; readonly token: string }[];
   readonly allowedIps: readonly string[];
   readonly trustedProxies: readonly string[];
 }
@@ -55,17 +64,37 @@ function contains(list: BlockList, ip: string): boolean {
 
 const sha256 = (s: string) => createHash("sha256").update(s, "utf8").digest();
 
+/** A public identifier of a token: never the token, but stable, for logs and audit. */
+export function tokenId(kind: string, token: string): string {
+  return `${kind}:${sha256(`latchkey token id\0${token}`).toString("hex").slice(0, 12)}`;
+}
+
 export function createAccessControl(opts: AccessOptions): AccessControl {
   const allowed = toBlockList(opts.allowedIps);
   const trusted = toBlockList(opts.trustedProxies);
-  const tokenDigests = opts.adminTokens.map(sha256);
+  const known: { digest: Buffer; principal: Principal }[] = [
+    ...opts.adminTokens.map((t) => ({ digest: sha256(t), principal: { kind: "admin", tokenId: tokenId("admin", t) } as Principal })),
+    ...(opts.serviceTokens ?? []).map((s) => ({
+      digest: sha256(s.token),
+      principal: { kind: "service", service: s.service, tokenId: tokenId(`service:${s.service}`, s.token) } as Principal,
+    })),
+  ];
 
-  function isAdmin(token: string): boolean {
+  /** The principal a token stands for, or undefined. */
+  function lookup(token: string): Principal | undefined {
     const presented = sha256(token);
-    let ok = false;
+    let found: Principal | undefined;
     // Compare against every token so the time taken does not say which one (or whether any) matched.
-    for (const d of tokenDigests) ok = timingSafeEqual(d, presented) || ok;
-    return ok;
+    for (const k of known) if (timingSafeEqual(k.digest, presented) && found === undefined) found = k.principal;
+    return found;
+  }
+
+  function authenticate(header: string | undefined): Principal {
+    if (header === undefined || header === "") return ANONYMOUS;
+    const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+    const principal = m ? lookup(m[1] as string) : undefined;
+    if (!principal) throw new LatchkeyError("unauthenticated", "invalid bearer token");
+    return principal;
   }
 
   return {
@@ -84,7 +113,7 @@ export function createAccessControl(opts: AccessOptions): AccessControl {
     },
 
     authorize(permission, caller) {
-      if (permission === "public") return;
+      if (permission === "public") return ANONYMOUS;
       if (permission === "read") {
         if (caller.ip === undefined || !contains(allowed, caller.ip)) {
           throw new LatchkeyError(
@@ -92,14 +121,12 @@ export function createAccessControl(opts: AccessOptions): AccessControl {
             `client IP ${caller.ip ?? "(unknown)"} is not allowed to read secrets`,
           );
         }
-        return;
+        return authenticate(caller.authorization);
       }
-      const header = caller.authorization;
-      if (header === undefined || header === "") {
+      if (caller.authorization === undefined || caller.authorization === "") {
         throw new LatchkeyError("unauthenticated", "missing bearer token: send Authorization: Bearer <token>");
       }
-      const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
-      if (!m || !isAdmin(m[1] as string)) throw new LatchkeyError("unauthenticated", "invalid bearer token");
+      return authenticate(caller.authorization);
     },
   };
 }

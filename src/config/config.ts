@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import { resolve } from "node:path";
+import type { Limits, UsageDimension } from "../domain/usage.js";
 
 /** Config is everything Latchkey reads from its environment, validated once at start. */
 export interface Config {
@@ -25,6 +26,12 @@ export interface Config {
   readonly mongodbUri: string | undefined;
   /** MongoDB database (LATCHKEY_MONGODB_DB, default "latchkey"). */
   readonly mongodbDb: string;
+  /** Tokens of service identities, which own managed stores (LATCHKEY_SERVICE_TOKENS, service=token pairs). */
+  readonly serviceTokens: readonly { readonly service: string; readonly token: string }[];
+  /** Earlier master keys whose data keys are re-wrapped at start (LATCHKEY_PREVIOUS_MASTER_KEYS, comma-separated). */
+  readonly previousMasterKeys: readonly Buffer[];
+  /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
+  readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
 
 /** ConfigError lists every problem found in the environment. */
@@ -83,6 +90,34 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push(`LATCHKEY_MAX_VERSIONS: "${mvText}" must be a whole number from 2 to 1000`);
   }
 
+  const serviceTokens: { service: string; token: string }[] = [];
+  for (const pair of list(env.LATCHKEY_SERVICE_TOKENS)) {
+    const eq = pair.indexOf("=");
+    const service = eq > 0 ? pair.slice(0, eq) : "";
+    const token = eq > 0 ? pair.slice(eq + 1) : "";
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(service)) {
+      problems.push("LATCHKEY_SERVICE_TOKENS: each entry is service=token, the service named with letters, digits, _ . -");
+    } else if (token.length < 16 || !/^[\x21-\x7e]+$/.test(token)) {
+      problems.push(`LATCHKEY_SERVICE_TOKENS: the token of "${service}" must be at least 16 printable characters`);
+    } else {
+      serviceTokens.push({ service, token });
+    }
+  }
+  const allTokens = [...adminTokens, ...serviceTokens.map((s) => s.token)];
+  if (new Set(allTokens).size !== allTokens.length) problems.push("LATCHKEY_SERVICE_TOKENS: every token must be distinct");
+
+  const previousMasterKeys: Buffer[] = [];
+  for (const text of list(env.LATCHKEY_PREVIOUS_MASTER_KEYS)) {
+    const decoded = /^[A-Za-z0-9+/_-]+={0,2}$/.test(text) ? Buffer.from(text, "base64") : Buffer.alloc(0);
+    if (decoded.length !== 32) problems.push("LATCHKEY_PREVIOUS_MASTER_KEYS: every key must be 32 bytes, base64-encoded");
+    else previousMasterKeys.push(decoded);
+  }
+
+  const quotas = {
+    global: parseLimits(env.LATCHKEY_QUOTAS, "LATCHKEY_QUOTAS", ["stores", "secrets", "versions", "vars", "bytes"], problems),
+    perStore: parseLimits(env.LATCHKEY_STORE_QUOTAS, "LATCHKEY_STORE_QUOTAS", ["secrets", "versions", "vars", "bytes"], problems),
+  };
+
   const mongodbUri = env.MONGODB_URI?.trim() || undefined;
   if (mongodbUri !== undefined && !/^mongodb(\+srv)?:\/\//.test(mongodbUri)) {
     problems.push("MONGODB_URI: must start with mongodb:// or mongodb+srv://");
@@ -109,7 +144,26 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxVersions,
     mongodbUri,
     mongodbDb,
+    serviceTokens: Object.freeze(serviceTokens),
+    previousMasterKeys: Object.freeze(previousMasterKeys),
+    quotas: Object.freeze({ global: Object.freeze(quotas.global), perStore: Object.freeze(quotas.perStore) }),
   });
+}
+
+/** Parses "secrets=1000,bytes=10485760" into limits, reporting unknown dimensions and bad numbers. */
+function parseLimits(text: string | undefined, key: string, dims: readonly UsageDimension[], problems: string[]): Limits {
+  const limits: Limits = {};
+  for (const pair of list(text)) {
+    const [dim = "", value = ""] = pair.split("=");
+    if (!(dims as readonly string[]).includes(dim)) {
+      problems.push(`${key}: "${dim}" is not one of ${dims.join(", ")}`);
+    } else if (!/^\d{1,15}$/.test(value)) {
+      problems.push(`${key}: ${dim} must be a whole number`);
+    } else {
+      limits[dim as UsageDimension] = Number(value);
+    }
+  }
+  return limits;
 }
 
 function list(v: string | undefined): string[] {

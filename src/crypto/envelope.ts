@@ -25,6 +25,18 @@ export interface Envelope {
   open(store: string, secretId: string, version: number, sealed: string): Promise<Buffer>;
   /** Loads every data key of a store and checks the master key opens it (start-up check). */
   check(store: string): Promise<void>;
+  /** Drops a store's cached keys (after its keys were destroyed). */
+  forget(store: string): void;
+  /**
+   * Re-wraps under the current master key every data key still wrapped by a previous one. Values are not touched.
+   * Returns how many keys were re-wrapped.
+   */
+  rewrapAll(): Promise<number>;
+}
+
+/** The size of the sealed form of a plaintext of `bytes` bytes. */
+export function sealedSize(bytes: number): number {
+  return "v1.".length + 16 + 1 + Math.ceil((12 + bytes + 16) / 3) * 4;
 }
 
 /** SealedFormatError: a stored envelope is malformed or cannot be opened (wrong key, tampering). */
@@ -47,24 +59,29 @@ function dataKeyAad(store: string, id: string): string {
 
 export function createEnvelope(deps: {
   masterKey: MasterKey;
-  storage: Pick<Storage, "listDataKeys" | "insertDataKey">;
+  /** Earlier master keys: data keys they wrapped still open, and rewrapAll moves them to `masterKey`. */
+  previousMasterKeys?: readonly MasterKey[];
+  storage: Pick<Storage, "listDataKeys" | "insertDataKey"> & Partial<Pick<Storage, "listAllDataKeys" | "rewrapDataKey">>;
   clock: { now(): number };
 }): Envelope {
   const { masterKey, storage, clock } = deps;
+  const masters = new Map<string, MasterKey>([[masterKey.id, masterKey]]);
+  for (const k of deps.previousMasterKeys ?? []) if (!masters.has(k.id)) masters.set(k.id, k);
   const cache = new Map<string, StoreKeys>();
   const loading = new Map<string, Promise<StoreKeys>>();
 
   function unwrap(rec: DataKeyRecord): Buffer {
-    if (rec.kekId !== masterKey.id) {
+    const kek = masters.get(rec.kekId);
+    if (!kek) {
       throw new EnvelopeError(
         `data key ${rec.id} of store "${rec.store}" was wrapped by master key ${rec.kekId}, ` +
           `but the configured master key is ${masterKey.id}`,
       );
     }
     try {
-      return open(masterKey.key, Buffer.from(rec.wrapped, "base64"), dataKeyAad(rec.store, rec.id));
+      return open(kek.key, Buffer.from(rec.wrapped, "base64"), dataKeyAad(rec.store, rec.id));
     } catch {
-      throw new EnvelopeError(`data key ${rec.id} of store "${rec.store}" does not open with master key ${masterKey.id}`);
+      throw new EnvelopeError(`data key ${rec.id} of store "${rec.store}" does not open with master key ${kek.id}`);
     }
   }
 
@@ -147,6 +164,21 @@ export function createEnvelope(deps: {
     async check(store) {
       cache.delete(store);
       await keysOf(store);
+    },
+    forget(store) {
+      cache.delete(store);
+    },
+    async rewrapAll() {
+      if (!storage.listAllDataKeys || !storage.rewrapDataKey) return 0;
+      let moved = 0;
+      for (const rec of await storage.listAllDataKeys()) {
+        if (rec.kekId === masterKey.id) continue;
+        const key = unwrap(rec);
+        const wrapped = seal(masterKey.key, key, dataKeyAad(rec.store, rec.id)).toString("base64");
+        if (await storage.rewrapDataKey({ ...rec, kekId: masterKey.id, wrapped }, rec.kekId)) moved++;
+      }
+      cache.clear();
+      return moved;
     },
   };
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
+import type { Principal } from "../domain/principal.js";
 
 /**
  * RequestInfo follows one request from the socket to the log line: its id, who sent it, what it asked for and
@@ -17,6 +18,8 @@ export interface RequestInfo {
   operation?: string;
   /** Outcome: "ok" or an error code name, once known. */
   code?: string;
+  /** Who called, once authenticated. */
+  principal?: Principal;
 }
 
 const INBOUND_ID = /^[A-Za-z0-9._:-]{8,128}$/;

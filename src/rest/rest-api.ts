@@ -2,19 +2,27 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { AccessControl, Permission } from "../auth/access.js";
 import { type ErrorCode, invalidArgument, LatchkeyError } from "../domain/errors.js";
+import type { Principal } from "../domain/principal.js";
 import { currentVersion, DEFAULT_STORE, type SecretDocument, type SecretKind } from "../domain/secret.js";
+import type { StoreRecord } from "../domain/store.js";
+import type { Limits, Usage } from "../domain/usage.js";
+import type { VarRecord } from "../domain/vars.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
-import type { OpenedSecret, SecretManager } from "../service/secret-manager.js";
+import type { Latchkey } from "../service/latchkey.js";
+import type { OpenedSecret } from "../service/secret-manager.js";
 
 export type HttpRequest = IncomingMessage | Http2ServerRequest;
 export type HttpResponse = ServerResponse | Http2ServerResponse;
 
 /**
- * The REST API of seed 003, mapped onto the same SecretManager as the RPCs.
+ * The REST API: seed 003's routes for secrets, plus stores, vars and usage in the same style, all mapped onto the
+ * Latchkey service the RPCs use.
  *
- * Bodies are snake_case JSON; errors are `{ "error": "..." }` with the statuses below. Secret names may contain
- * "/", so the name is everything between `/v1/secrets/` and an optional `/rotate` or `/verify` suffix.
+ * Bodies are snake_case JSON. Errors are `{ "error": "...", "code": "...", "request_id": "..." }` (plus `reason` and
+ * `violations` when there are some) with the statuses below. Secret and var names may contain "/": the name is
+ * everything after `/secrets/` (or `/vars/`), less an optional `/rotate` or `/verify` suffix for secrets.
+ * `/v1/secrets/...` means the default store; `/v1/stores/{store}/secrets/...` names one.
  */
 export interface RestApi {
   /** Whether this API owns the path (everything under /v1/ and the health routes). */
@@ -38,17 +46,26 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
 const MAX_BODY = 256 * 1024;
 const LIST_PAGE = 1000;
 
+interface RouteContext {
+  readonly req: HttpRequest;
+  readonly res: HttpResponse;
+  readonly principal: Principal;
+  readonly store: string;
+  readonly name: string;
+  readonly query: URLSearchParams;
+}
+
 interface Route {
   readonly operation: string;
   readonly permission: Permission;
   run(ctx: RouteContext): Promise<void>;
 }
 
-interface RouteContext {
-  readonly req: HttpRequest;
-  readonly res: HttpResponse;
-  readonly name: string;
-  readonly query: URLSearchParams;
+type RouteTable = Partial<Record<string, Route>>;
+
+/** RFC 3339 with an explicit +00:00 offset, as seed 003 writes times. */
+export function isoTime(ms: number): string {
+  return new Date(ms).toISOString().replace("Z", "+00:00");
 }
 
 /** REST's view of a secret with one value: seed 003's SecretValue. */
@@ -67,6 +84,7 @@ export function secretMetadata(doc: SecretDocument) {
   const current = currentVersion(doc);
   return {
     id: doc.id,
+    store: doc.store,
     name: doc.name,
     kind: doc.kind,
     description: doc.description,
@@ -81,25 +99,37 @@ export function secretMetadata(doc: SecretDocument) {
   };
 }
 
-/** RFC 3339 with an explicit +00:00 offset, as seed 003 writes times. */
-export function isoTime(ms: number): string {
-  return new Date(ms).toISOString().replace("Z", "+00:00");
+function storeView(s: StoreRecord) {
+  return {
+    name: s.name,
+    description: s.description,
+    managed_by: s.managedBy,
+    created_at: isoTime(s.createdAt),
+    updated_at: isoTime(s.updatedAt),
+  };
+}
+
+function varView(v: VarRecord) {
+  return { name: v.name, value: v.value, created_at: isoTime(v.createdAt), updated_at: isoTime(v.updatedAt) };
+}
+
+function usageView(u: { usage: Usage; limits: Limits }, store?: string) {
+  return { ...(store === undefined ? {} : { store }), usage: u.usage, limits: u.limits };
 }
 
 export function createRestApi(deps: {
-  manager: SecretManager;
+  latchkey: Latchkey;
   access: AccessControl;
   logger: Logger;
   ready: () => Promise<boolean>;
 }): RestApi {
-  const { manager, access, logger } = deps;
-  const ref = (name: string) => ({ store: DEFAULT_STORE, name });
+  const { latchkey: lk, access, logger } = deps;
 
-  const routes = {
-    healthz: {
+  const health: Record<string, RouteTable> = {
+    "/healthz": {
       GET: { operation: "GET /healthz", permission: "public", run: async ({ res }) => json(res, 200, { status: "ok" }) },
     },
-    readyz: {
+    "/readyz": {
       GET: {
         operation: "GET /readyz",
         permission: "public",
@@ -109,21 +139,18 @@ export function createRestApi(deps: {
         },
       },
     },
-    collection: {
+  };
+
+  /** The secret routes, under a prefix (`/v1/secrets` or `/v1/stores/{store}/secrets`). */
+  function secretRoutes(prefix: string) {
+    const collection: RouteTable = {
       POST: {
-        operation: "POST /v1/secrets",
-        permission: "admin",
-        run: async ({ req, res }) => {
-          const body = await readObject(req, [
-            "name",
-            "kind",
-            "value",
-            "description",
-            "rotation_interval_secs",
-            "grace_period_secs",
-          ]);
-          const created = await manager.create({
-            store: DEFAULT_STORE,
+        operation: `POST ${prefix}`,
+        permission: "manage",
+        run: async ({ req, res, principal, store }) => {
+          const body = await readObject(req, ["name", "kind", "value", "description", "rotation_interval_secs", "grace_period_secs"]);
+          const created = await lk.createSecret(principal, {
+            store,
             name: requiredString(body, "name"),
             kind: kindOf(body) ?? "manual",
             value: optionalString(body, "value"),
@@ -135,19 +162,16 @@ export function createRestApi(deps: {
         },
       },
       GET: {
-        operation: "GET /v1/secrets",
-        permission: "admin",
-        run: async ({ res, query }) => {
-          const prefix = query.get("prefix") ?? undefined;
-          const limitText = query.get("limit");
-          if (limitText !== null) {
-            if (!/^\d{1,4}$/.test(limitText) || Number(limitText) < 1 || Number(limitText) > LIST_PAGE) {
-              throw invalidArgument("limit", "out_of_range", `limit must be a whole number from 1 to ${LIST_PAGE}`);
-            }
-            const page = await manager.list({
-              store: DEFAULT_STORE,
-              prefix,
-              pageSize: Number(limitText),
+        operation: `GET ${prefix}`,
+        permission: "manage",
+        run: async ({ res, principal, store, query }) => {
+          const prefixFilter = query.get("prefix") ?? undefined;
+          const limit = limitOf(query);
+          if (limit !== undefined) {
+            const page = await lk.listSecrets(principal, {
+              store,
+              prefix: prefixFilter,
+              pageSize: limit,
               pageToken: query.get("cursor") ?? undefined,
             });
             if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
@@ -155,39 +179,39 @@ export function createRestApi(deps: {
             return;
           }
           // No limit: every secret, as seed 003 says, streamed page by page so memory stays flat.
-          let page = await manager.list({ store: DEFAULT_STORE, prefix, pageSize: LIST_PAGE });
-          res.writeHead(200, { "content-type": "application/json" });
+          let page = await lk.listSecrets(principal, { store, prefix: prefixFilter, pageSize: LIST_PAGE });
+          res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
           let first = true;
           for (;;) {
             for (const doc of page.docs) {
-              (res as ServerResponse).write((first ? "[" : ",") + JSON.stringify(secretMetadata(doc)));
+              writeChunk(res, (first ? "[" : ",") + JSON.stringify(secretMetadata(doc)));
               first = false;
             }
             if (!page.nextPageToken) break;
-            page = await manager.list({ store: DEFAULT_STORE, prefix, pageSize: LIST_PAGE, pageToken: page.nextPageToken });
+            page = await lk.listSecrets(principal, { store, prefix: prefixFilter, pageSize: LIST_PAGE, pageToken: page.nextPageToken });
           }
           res.end(first ? "[]" : "]");
         },
       },
-    },
-    item: {
+    };
+    const item: RouteTable = {
       GET: {
-        operation: "GET /v1/secrets/{name}",
+        operation: `GET ${prefix}/{name}`,
         permission: "read",
-        run: async ({ res, name, query }) => {
+        run: async ({ res, principal, store, name, query }) => {
           const v = query.get("version");
           if (v !== null && !/^[1-9]\d{0,9}$/.test(v)) {
             throw invalidArgument("version", "out_of_range", "version must be a positive whole number");
           }
-          json(res, 200, secretValue(await manager.get(ref(name), v === null ? undefined : Number(v))));
+          json(res, 200, secretValue(await lk.getSecret(principal, { store, name }, v === null ? undefined : Number(v))));
         },
       },
       PUT: {
-        operation: "PUT /v1/secrets/{name}",
-        permission: "admin",
-        run: async ({ req, res, name }) => {
+        operation: `PUT ${prefix}/{name}`,
+        permission: "manage",
+        run: async ({ req, res, principal, store, name }) => {
           const body = await readObject(req, ["value", "description", "kind", "rotation_interval_secs", "grace_period_secs"]);
-          const doc = await manager.update(ref(name), {
+          const doc = await lk.updateSecret(principal, { store, name }, {
             value: optionalString(body, "value"),
             description: optionalString(body, "description"),
             kind: kindOf(body),
@@ -198,54 +222,195 @@ export function createRestApi(deps: {
         },
       },
       DELETE: {
-        operation: "DELETE /v1/secrets/{name}",
-        permission: "admin",
-        run: async ({ res, name }) => {
-          await manager.delete(ref(name));
-          res.writeHead(204);
-          res.end();
+        operation: `DELETE ${prefix}/{name}`,
+        permission: "manage",
+        run: async ({ res, principal, store, name }) => {
+          await lk.deleteSecret(principal, { store, name });
+          noContent(res);
         },
       },
-    },
-    rotate: {
+    };
+    const rotate: RouteTable = {
       POST: {
-        operation: "POST /v1/secrets/{name}/rotate",
-        permission: "admin",
-        run: async ({ req, res, name }) => {
+        operation: `POST ${prefix}/{name}/rotate`,
+        permission: "manage",
+        run: async ({ req, res, principal, store, name }) => {
           await readObject(req, [], true);
-          json(res, 200, secretValue(await manager.rotate(ref(name))));
+          json(res, 200, secretValue(await lk.rotateSecret(principal, { store, name })));
         },
       },
-    },
-    verify: {
+    };
+    const verify: RouteTable = {
       POST: {
-        operation: "POST /v1/secrets/{name}/verify",
+        operation: `POST ${prefix}/{name}/verify`,
         permission: "read",
-        run: async ({ req, res, name }) => {
+        run: async ({ req, res, principal, store, name }) => {
           const body = await readObject(req, ["value"]);
-          const result = await manager.verify(ref(name), requiredString(body, "value"));
+          const result = await lk.verifySecret(principal, { store, name }, requiredString(body, "value"));
           json(res, 200, { valid: result.valid, version: result.valid ? result.version : null });
         },
       },
+    };
+    return { collection, item, rotate, verify };
+  }
+
+  const defaultSecrets = secretRoutes("/v1/secrets");
+  const storeSecrets = secretRoutes("/v1/stores/{store}/secrets");
+
+  const usage: RouteTable = {
+    GET: {
+      operation: "GET /v1/usage",
+      permission: "manage",
+      run: async ({ res, principal }) => json(res, 200, usageView(await lk.usage(principal))),
     },
-  } satisfies Record<string, Partial<Record<string, Route>>>;
+  };
+  const stores: RouteTable = {
+    POST: {
+      operation: "POST /v1/stores",
+      permission: "manage",
+      run: async ({ req, res, principal }) => {
+        const body = await readObject(req, ["name", "description", "managed_by"]);
+        const rec = await lk.createStore(principal, {
+          name: requiredString(body, "name"),
+          description: optionalString(body, "description"),
+          managedBy: optionalString(body, "managed_by"),
+        });
+        json(res, 201, storeView(rec));
+      },
+    },
+    GET: {
+      operation: "GET /v1/stores",
+      permission: "manage",
+      run: async ({ res, principal, query }) => {
+        const page = await lk.listStores(principal, {
+          pageSize: limitOf(query) ?? LIST_PAGE,
+          pageToken: query.get("cursor") ?? undefined,
+        });
+        if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
+        json(res, 200, page.stores.map(storeView));
+      },
+    },
+  };
+  const store: RouteTable = {
+    GET: {
+      operation: "GET /v1/stores/{store}",
+      permission: "manage",
+      run: async ({ res, principal, store }) => json(res, 200, storeView(await lk.getStore(principal, store))),
+    },
+    DELETE: {
+      operation: "DELETE /v1/stores/{store}",
+      permission: "manage",
+      run: async ({ res, principal, store, query }) => {
+        const purge = query.get("purge");
+        if (purge !== null && purge !== "true" && purge !== "false") {
+          throw invalidArgument("purge", "type", "purge must be true or false");
+        }
+        await lk.deleteStore(principal, store, { purge: purge === "true" });
+        noContent(res);
+      },
+    },
+  };
+  const storeUsage: RouteTable = {
+    GET: {
+      operation: "GET /v1/stores/{store}/usage",
+      permission: "manage",
+      run: async ({ res, principal, store }) => json(res, 200, usageView(await lk.usage(principal, store), store)),
+    },
+  };
+  const vars: RouteTable = {
+    GET: {
+      operation: "GET /v1/stores/{store}/vars",
+      permission: "read",
+      run: async ({ res, principal, store, query }) => {
+        const page = await lk.listVars(principal, {
+          store,
+          prefix: query.get("prefix") ?? undefined,
+          pageSize: limitOf(query) ?? LIST_PAGE,
+          pageToken: query.get("cursor") ?? undefined,
+        });
+        if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
+        json(res, 200, page.vars.map(varView));
+      },
+    },
+    POST: {
+      operation: "POST /v1/stores/{store}/vars",
+      permission: "manage",
+      run: async ({ req, res, principal, store }) => {
+        const body = await readObject(req, ["vars"]);
+        const list = body.vars;
+        if (!Array.isArray(list)) throw invalidArgument("vars", "type", "vars must be an array of {name, value}");
+        const input = list.map((v, i) => {
+          if (typeof v !== "object" || v === null || Array.isArray(v)) {
+            throw invalidArgument(`vars[${i}]`, "type", `vars[${i}] must be an object with name and value`);
+          }
+          const o = v as Record<string, unknown>;
+          for (const k of Object.keys(o)) {
+            if (k !== "name" && k !== "value") throw invalidArgument(`vars[${i}].${k.slice(0, 64)}`, "unknown_field", `unknown field "${k.slice(0, 64)}"`);
+          }
+          return { name: requiredString(o, "name", `vars[${i}].name`), value: requiredString(o, "value", `vars[${i}].value`, true) };
+        });
+        json(res, 200, { vars: (await lk.setVars(principal, store, input)).map(varView) });
+      },
+    },
+  };
+  const varItem: RouteTable = {
+    GET: {
+      operation: "GET /v1/stores/{store}/vars/{name}",
+      permission: "read",
+      run: async ({ res, principal, store, name }) => json(res, 200, varView(await lk.getVar(principal, store, name))),
+    },
+    PUT: {
+      operation: "PUT /v1/stores/{store}/vars/{name}",
+      permission: "manage",
+      run: async ({ req, res, principal, store, name }) => {
+        const body = await readObject(req, ["value"]);
+        const [rec] = await lk.setVars(principal, store, [{ name, value: requiredString(body, "value", "value", true) }]);
+        json(res, 200, varView(rec as VarRecord));
+      },
+    },
+    DELETE: {
+      operation: "DELETE /v1/stores/{store}/vars/{name}",
+      permission: "manage",
+      run: async ({ res, principal, store, name }) => {
+        await lk.deleteVar(principal, store, name);
+        noContent(res);
+      },
+    },
+  };
 
-  type RouteTable = Partial<Record<string, Route>>;
-
-  /** Finds the route table for a path and the secret name in it. */
-  function match(path: string): { table: RouteTable; name: string } | undefined {
-    if (path === "/healthz") return { table: routes.healthz, name: "" };
-    if (path === "/readyz") return { table: routes.readyz, name: "" };
-    if (path === "/v1/secrets" || path === "/v1/secrets/") return { table: routes.collection, name: "" };
-    if (!path.startsWith("/v1/secrets/")) return undefined;
-    const segments = path.slice("/v1/secrets/".length).split("/");
-    const last = segments[segments.length - 1];
-    let table: RouteTable = routes.item;
-    if (segments.length > 1 && (last === "rotate" || last === "verify")) {
-      table = last === "rotate" ? routes.rotate : routes.verify;
-      segments.pop();
+  /** Finds the route table for a path, with the store and name it names. */
+  function match(path: string): { table: RouteTable; store: string; name: string } | undefined {
+    const h = health[path];
+    if (h) return { table: h, store: "", name: "" };
+    if (!path.startsWith("/v1/")) return undefined;
+    const segs = path.slice(4).split("/");
+    if (segs[segs.length - 1] === "" && segs.length > 1) segs.pop(); // one trailing slash
+    const [head, ...rest] = segs;
+    if (head === "secrets") return secretMatch(defaultSecrets, DEFAULT_STORE, rest);
+    if (head === "usage" && rest.length === 0) return { table: usage, store: "", name: "" };
+    if (head !== "stores") return undefined;
+    if (rest.length === 0) return { table: stores, store: "", name: "" };
+    const storeName = decodeSegment(rest[0] as string, "store");
+    const [kind, ...tail] = rest.slice(1);
+    if (kind === undefined) return { table: store, store: storeName, name: "" };
+    if (kind === "usage" && tail.length === 0) return { table: storeUsage, store: storeName, name: "" };
+    if (kind === "secrets") return secretMatch(storeSecrets, storeName, tail);
+    if (kind === "vars") {
+      if (tail.length === 0) return { table: vars, store: storeName, name: "" };
+      return { table: varItem, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/") };
     }
-    return { table, name: segments.map(decodeSegment).join("/") };
+    return undefined;
+  }
+
+  function secretMatch(routes: ReturnType<typeof secretRoutes>, storeName: string, tail: string[]) {
+    if (tail.length === 0) return { table: routes.collection, store: storeName, name: "" };
+    const last = tail[tail.length - 1];
+    let table = routes.item;
+    if (tail.length > 1 && (last === "rotate" || last === "verify")) {
+      table = last === "rotate" ? routes.rotate : routes.verify;
+      tail = tail.slice(0, -1);
+    }
+    return { table, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/") };
   }
 
   return {
@@ -263,38 +428,63 @@ export function createRestApi(deps: {
         const found = match(path);
         if (!found) {
           info.operation = `${method} ${path.slice(0, 64)}`;
-          throw new LatchkeyError("not_found", "no such route");
+          throw new LatchkeyError("not_found", "no such route", { reason: "ROUTE_NOT_FOUND" });
         }
         const route = found.table[method] ?? (method === "HEAD" ? found.table.GET : undefined);
         if (!route) {
           info.operation = `${method} ${path.slice(0, 64)}`;
           res.setHeader("allow", Object.keys(found.table).join(", "));
-          json(res, 405, { error: `method ${method} not allowed here` });
+          json(res, 405, { error: `method ${method} not allowed here`, code: "method_not_allowed", request_id: info.id });
           info.code = "method_not_allowed";
           return;
         }
         info.operation = route.operation;
-        access.authorize(route.permission, {
+        const principal = access.authorize(route.permission, {
           authorization: headerValue(req.headers.authorization),
           ip: info.ip,
         });
-        await route.run({ req, res, name: found.name, query });
+        info.principal = principal;
+        await route.run({ req, res, principal, store: found.store, name: found.name, query });
         info.code = "ok";
       } catch (err) {
-        const { status, message, code } = toHttpError(err, info.id, logger);
-        info.code = code;
-        if (!res.headersSent) json(res, status, { error: message });
-        else res.destroy();
+        const e = toHttpError(err, info.id, logger);
+        info.code = e.body.code;
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        if (e.retryAfter !== undefined) res.setHeader("retry-after", String(e.retryAfter));
+        json(res, e.status, e.body);
       }
     },
   };
 }
 
-function toHttpError(err: unknown, requestId: string, logger: Logger): { status: number; message: string; code: string } {
-  if (err instanceof LatchkeyError) return { status: HTTP_STATUS[err.code], message: err.message, code: err.code };
-  if (err instanceof BodyError) return { status: err.status, message: err.message, code: err.code };
+interface HttpError {
+  status: number;
+  retryAfter?: number;
+  body: { error: string; code: string; reason?: string; violations?: unknown[]; request_id: string };
+}
+
+function toHttpError(err: unknown, requestId: string, logger: Logger): HttpError {
+  if (err instanceof LatchkeyError) {
+    return {
+      status: err.httpStatus ?? HTTP_STATUS[err.code],
+      ...(err.retryAfterSeconds === undefined ? {} : { retryAfter: err.retryAfterSeconds }),
+      body: {
+        error: err.message,
+        code: err.code,
+        ...(err.reason ? { reason: err.reason } : {}),
+        ...(err.violations.length > 0 ? { violations: err.violations.map((v) => ({ ...v })) } : {}),
+        request_id: requestId,
+      },
+    };
+  }
+  if (err instanceof BodyError) {
+    return { status: err.status, body: { error: err.message, code: err.code, request_id: requestId } };
+  }
   logger.error({ err, request_id: requestId }, "internal error");
-  return { status: 500, message: `internal error (request id ${requestId})`, code: "internal" };
+  return { status: 500, body: { error: `internal error (request id ${requestId})`, code: "internal", request_id: requestId } };
 }
 
 /** A problem with the request body itself (size, JSON syntax), reported before any domain rule runs. */
@@ -308,16 +498,25 @@ class BodyError extends Error {
   }
 }
 
-function decodeSegment(s: string): string {
+function decodeSegment(s: string, field: string): string {
   try {
     return decodeURIComponent(s);
   } catch {
-    throw invalidArgument("name", "encoding", "the secret name in the path is not valid percent-encoding");
+    throw invalidArgument(field, "encoding", `the ${field} in the path is not valid percent-encoding`);
   }
 }
 
 function headerValue(h: string | string[] | undefined): string | undefined {
   return Array.isArray(h) ? h[0] : h;
+}
+
+function limitOf(query: URLSearchParams): number | undefined {
+  const text = query.get("limit");
+  if (text === null) return undefined;
+  if (!/^\d{1,4}$/.test(text) || Number(text) < 1 || Number(text) > LIST_PAGE) {
+    throw invalidArgument("limit", "out_of_range", `limit must be a whole number from 1 to ${LIST_PAGE}`);
+  }
+  return Number(text);
 }
 
 function json(res: HttpResponse, status: number, body: unknown): void {
@@ -328,6 +527,15 @@ function json(res: HttpResponse, status: number, body: unknown): void {
     "cache-control": "no-store",
   });
   res.end(text);
+}
+
+function noContent(res: HttpResponse): void {
+  res.writeHead(204);
+  res.end();
+}
+
+function writeChunk(res: HttpResponse, chunk: string): void {
+  (res as ServerResponse).write(chunk);
 }
 
 /**
@@ -364,16 +572,17 @@ async function readObject(req: HttpRequest, allowed: readonly string[], optional
   return parsed as Record<string, unknown>;
 }
 
-function optionalString(body: Record<string, unknown>, field: string): string | undefined {
-  const v = body[field];
+function optionalString(body: Record<string, unknown>, key: string, field = key): string | undefined {
+  const v = body[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "string") throw invalidArgument(field, "type", `${field} must be a string`);
   return v;
 }
 
-function requiredString(body: Record<string, unknown>, field: string): string {
-  const v = optionalString(body, field);
-  if (v === undefined) throw invalidArgument(field, "required", `${field} is required`);
+/** A required string; `allowEmpty` leaves the empty string to the domain rule (which gives its own reason). */
+function requiredString(body: Record<string, unknown>, key: string, field = key, allowEmpty = false): string {
+  const v = optionalString(body, key, field);
+  if (v === undefined || (v === "" && !allowEmpty)) throw invalidArgument(field, "required", `${field} is required`);
   return v;
 }
 

@@ -9,6 +9,19 @@ import {
   SecretVersionSchema,
 } from "../../gen/latchkey/v1/secret_pb.js";
 import { type WatchSecretsResponse, WatchSecretsResponseSchema } from "../../gen/latchkey/v1/secret_service_pb.js";
+import {
+  type Quota,
+  QuotaSchema,
+  type Store,
+  StoreSchema,
+  type Usage,
+  UsageSchema,
+  type Var,
+  VarSchema,
+} from "../../gen/latchkey/v1/store_pb.js";
+import type { StoreRecord } from "../domain/store.js";
+import type { Limits, Usage as DomainUsage } from "../domain/usage.js";
+import type { VarRecord } from "../domain/vars.js";
 import type { SecretEvent } from "../service/secret-watch.js";
 import { invalidArgument } from "../domain/errors.js";
 import { currentVersion, type SecretDocument, type SecretKind as DomainKind, type VersionRecord } from "../domain/secret.js";
@@ -92,5 +105,46 @@ export function toProtoEvent(ev: SecretEvent): WatchSecretsResponse {
       at: timestampFromMs(c.at),
       nextRotationAt: c.nextRotationAt === null ? undefined : timestampFromMs(c.nextRotationAt),
     }),
+  });
+}
+
+export function toProtoStore(s: StoreRecord): Store {
+  return create(StoreSchema, {
+    name: s.name,
+    description: s.description,
+    managedBy: s.managedBy ?? "",
+    createdAt: timestampFromMs(s.createdAt),
+    updatedAt: timestampFromMs(s.updatedAt),
+  });
+}
+
+export function toProtoUsage(u: DomainUsage): Usage {
+  return create(UsageSchema, {
+    stores: BigInt(u.stores),
+    secrets: BigInt(u.secrets),
+    versions: BigInt(u.versions),
+    vars: BigInt(u.vars),
+    bytes: BigInt(u.bytes),
+  });
+}
+
+export function toProtoQuota(l: Limits): Quota {
+  const big = (n: number | undefined) => (n === undefined ? undefined : BigInt(n));
+  return create(QuotaSchema, {
+    stores: big(l.stores),
+    secrets: big(l.secrets),
+    versions: big(l.versions),
+    vars: big(l.vars),
+    bytes: big(l.bytes),
+  });
+}
+
+export function toProtoVar(v: VarRecord): Var {
+  return create(VarSchema, {
+    store: v.store,
+    name: v.name,
+    value: v.value,
+    createdAt: timestampFromMs(v.createdAt),
+    updatedAt: timestampFromMs(v.updatedAt),
   });
 }

@@ -1,5 +1,6 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { AccessControl } from "../auth/access.js";
+import { ANONYMOUS, type Principal } from "../domain/principal.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
 import { codeName, toConnectError } from "./errors.js";
@@ -7,6 +8,9 @@ import { permissionFor } from "./policy.js";
 
 /** The RequestInfo of the call, set by the HTTP layer through the adapter's contextValues. */
 export const kRequestInfo = createContextKey<RequestInfo | undefined>(undefined, { description: "request info" });
+
+/** Who is calling, set by the interceptor once authorized. Handlers read it with `ctx.values.get(kPrincipal)`. */
+export const kPrincipal = createContextKey<Principal>(ANONYMOUS, { description: "principal" });
 
 /**
  * The one interceptor of every RPC, on every protocol: records the procedure, enforces the access policy,
@@ -21,8 +25,11 @@ export function createRpcInterceptor(deps: { access: AccessControl; logger: Logg
     try {
       const permission = permissionFor(req.method);
       if (permission === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
-      access.authorize(permission, { authorization: req.header.get("authorization") ?? undefined, ip: info?.ip });
+      const principal = access.authorize(permission, { authorization: req.header.get("authorization") ?? undefined, ip: info?.ip });
+      req.contextValues.set(kPrincipal, principal);
+      if (info) info.principal = principal;
       const res = await next(req);
+      res.trailer.set("x-request-id", requestId);
       if (!res.stream) {
         if (info) info.code = "ok";
         return res;
@@ -38,6 +45,7 @@ export function createRpcInterceptor(deps: { access: AccessControl; logger: Logg
           } catch (err) {
             const ce = toConnectError(err, requestId, logger);
             if (info) info.code = codeName(ce.code);
+            ce.metadata.set("x-request-id", requestId);
             throw ce;
           }
         })(),
@@ -45,6 +53,7 @@ export function createRpcInterceptor(deps: { access: AccessControl; logger: Logg
     } catch (err) {
       const ce = toConnectError(err, requestId, logger);
       if (info) info.code = codeName(ce.code);
+      ce.metadata.set("x-request-id", requestId);
       throw ce;
     }
   };

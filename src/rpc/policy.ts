@@ -6,14 +6,23 @@ import type { Permission } from "../auth/access.js";
  * the generated service descriptors to make sure every RPC has an entry.
  */
 export const RPC_PERMISSIONS: Readonly<Record<string, Permission>> = {
-  "latchkey.v1.SecretService.StoreSecret": "admin",
+  "latchkey.v1.SecretService.StoreSecret": "manage",
   "latchkey.v1.SecretService.GetSecret": "read",
-  "latchkey.v1.SecretService.ListSecrets": "admin",
-  "latchkey.v1.SecretService.UpdateSecret": "admin",
-  "latchkey.v1.SecretService.DeleteSecret": "admin",
-  "latchkey.v1.SecretService.RotateSecret": "admin",
+  "latchkey.v1.SecretService.ListSecrets": "manage",
+  "latchkey.v1.SecretService.UpdateSecret": "manage",
+  "latchkey.v1.SecretService.DeleteSecret": "manage",
+  "latchkey.v1.SecretService.RotateSecret": "manage",
   "latchkey.v1.SecretService.VerifySecret": "read",
   "latchkey.v1.SecretService.WatchSecrets": "read",
+  "latchkey.v1.StoreService.CreateStore": "manage",
+  "latchkey.v1.StoreService.GetStore": "manage",
+  "latchkey.v1.StoreService.ListStores": "manage",
+  "latchkey.v1.StoreService.DeleteStore": "manage",
+  "latchkey.v1.StoreService.GetUsage": "manage",
+  "latchkey.v1.VarService.SetVars": "manage",
+  "latchkey.v1.VarService.GetVar": "read",
+  "latchkey.v1.VarService.ListVars": "read",
+  "latchkey.v1.VarService.DeleteVar": "manage",
 };
 
 export function permissionFor(method: DescMethod): Permission | undefined {

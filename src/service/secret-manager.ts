@@ -23,6 +23,7 @@ import {
 import type { Logger } from "../log/logger.js";
 import type { Clock } from "../scheduler/clock.js";
 import type { Storage } from "../storage/storage.js";
+import { decodePageToken, page, pageLimit } from "./paging.js";
 
 /** Identifies a secret: its store and its name in that store. */
 export interface SecretRef {
@@ -100,8 +101,6 @@ export interface SecretManagerDeps {
 }
 
 const MAX_CAS_ATTEMPTS = 16;
-const PAGE_DEFAULT = 100;
-const PAGE_MAX = 1000;
 
 /** A generated secret value: 32 random bytes, base64url (43 characters). */
 export function generateValue(): string {
@@ -208,15 +207,11 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     async list(input) {
       const prefix = input.prefix ?? "";
       if (prefix.length > 256) throw invalidArgument("name_prefix", "too_long", "name_prefix must be at most 256 characters");
-      const size = input.pageSize ?? 0;
-      if (!Number.isInteger(size) || size < 0) throw invalidArgument("page_size", "out_of_range", "page_size must not be negative");
-      const limit = Math.min(size || PAGE_DEFAULT, PAGE_MAX);
-      const after = input.pageToken ? decodePageToken(input.pageToken) : "";
-      const docs = await storage.listSecrets({ store: input.store, prefix, after, limit: limit + 1 });
-      const more = docs.length > limit;
-      if (more) docs.length = limit;
-      const last = docs[docs.length - 1];
-      return { docs, nextPageToken: more && last ? encodePageToken(last.name) : "" };
+      const limit = pageLimit(input.pageSize);
+      const after = decodePageToken(input.pageToken);
+      const rows = await storage.listSecrets({ store: input.store, prefix, after, limit: limit + 1 });
+      const { items, nextPageToken } = page(rows, limit, (d) => d.name);
+      return { docs: items, nextPageToken };
     },
 
     async update(ref, input) {
@@ -288,19 +283,4 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
 
 function digest(b: Buffer): Buffer {
   return createHash("sha256").update(b).digest();
-}
-
-/** Page tokens are opaque to callers: base64url of the last name of the previous page. */
-function encodePageToken(lastName: string): string {
-  return Buffer.from(JSON.stringify({ a: lastName }), "utf8").toString("base64url");
-}
-
-function decodePageToken(token: string): string {
-  try {
-    const parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { a?: unknown };
-    if (typeof parsed.a === "string") return parsed.a;
-  } catch {
-    // fall through
-  }
-  throw invalidArgument("page_token", "malformed", "page_token is not one this service issued");
 }

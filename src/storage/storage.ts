@@ -1,4 +1,7 @@
 import type { SecretDocument } from "../domain/secret.js";
+import type { StoreRecord } from "../domain/store.js";
+import type { Usage } from "../domain/usage.js";
+import type { VarRecord } from "../domain/vars.js";
 
 /** A store's data key as stored: wrapped by a master key, never in the clear. */
 export interface DataKeyRecord {
@@ -20,6 +23,21 @@ export interface ListQuery {
   readonly after?: string | undefined;
   /** Only names strictly before this one (paging backward): the last `limit` such names. */
   readonly before?: string | undefined;
+  readonly limit: number;
+}
+
+export interface StoreListQuery {
+  /** Only names strictly after this one. */
+  readonly after?: string | undefined;
+  readonly limit: number;
+  /** Only stores owned by this service (a string), only unowned stores (null), or all (undefined). */
+  readonly managedBy?: string | null | undefined;
+}
+
+export interface VarListQuery {
+  readonly store: string;
+  readonly prefix: string;
+  readonly after?: string | undefined;
   readonly limit: number;
 }
 
@@ -108,6 +126,41 @@ export interface Storage {
   scanSecrets(afterId: string, limit: number): Promise<SecretDocument[]>;
   /** Every data key of every store (export). */
   listAllDataKeys(): Promise<DataKeyRecord[]>;
+
+  findStore(name: string): Promise<StoreRecord | undefined>;
+  /** Returns false, writing nothing, if the name is taken. */
+  insertStore(store: StoreRecord): Promise<boolean>;
+  /** Compare-and-set on the store's revision. */
+  replaceStore(store: StoreRecord, expectedRevision: number): Promise<boolean>;
+  /** Compare-and-set on the store's revision. Removes the record only; see the purge methods for contents. */
+  deleteStore(name: string, expectedRevision: number): Promise<boolean>;
+  /** Stores in name order. */
+  listStores(query: StoreListQuery): Promise<StoreRecord[]>;
+  /**
+   * Deletes up to `limit` secrets of a store (each with a delete change event), returning how many went. A purge
+   * calls it until it returns 0.
+   */
+  deleteStoreSecrets(store: string, limit: number): Promise<number>;
+  /** Deletes every var of a store; returns how many went. */
+  deleteStoreVars(store: string): Promise<number>;
+  /** Deletes every data key of a store (crypto-shredding: its values can no longer be opened). */
+  deleteDataKeys(store: string): Promise<number>;
+
+  findVar(store: string, name: string): Promise<VarRecord | undefined>;
+  /** Writes (creates or replaces) every var given, all or nothing where the backend allows, else in order. */
+  putVars(vars: readonly VarRecord[]): Promise<void>;
+  /** Returns false if there was no such var. */
+  deleteVar(store: string, name: string): Promise<boolean>;
+  listVars(query: VarListQuery): Promise<VarRecord[]>;
+
+  /**
+   * What one store holds, or (no store given) the whole service. Counts secrets, their versions, vars, and bytes
+   * (sealed secret values plus var values); `stores` is 1 for one store, else the number of stores.
+   */
+  usage(store?: string): Promise<Usage>;
+
+  /** Replaces a data key's wrapping if it is still wrapped by `expectedKekId` (master-key rotation). */
+  rewrapDataKey(key: DataKeyRecord, expectedKekId: string): Promise<boolean>;
 
   /** Every data key of a store, oldest first. */
   listDataKeys(store: string): Promise<DataKeyRecord[]>;

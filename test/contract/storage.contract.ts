@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { appendVersion, newSecretDocument, type SecretDocument } from "../../src/domain/secret.js";
+import { newStoreRecord } from "../../src/domain/store.js";
+import { setVar } from "../../src/domain/vars.js";
 import type { ChangeFeedItem, Storage } from "../../src/storage/storage.js";
 
 /**
@@ -317,6 +319,111 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
       assert.equal(page.length, 30);
       const stale = await Promise.all(page.map((d) => s.replaceSecret({ ...d, revision: d.revision + 1 }, d.revision + 5)));
       assert.equal(stale.some(Boolean), false);
+    });
+
+    it("keeps stores: unique names, compare-and-set, listing by owner", async () => {
+      const a = newStoreRecord({ name: "st-a", description: "first", managedBy: null }, T0);
+      const b = newStoreRecord({ name: "st-b", description: "", managedBy: "billing" }, T0);
+      const c = newStoreRecord({ name: "st-c", description: "", managedBy: "search" }, T0);
+      for (const st of [c, a, b]) assert.equal(await s.insertStore(st), true);
+      assert.equal(await s.insertStore({ ...a, description: "again" }), false, "a taken name");
+      assert.deepEqual(await s.findStore("st-a"), a);
+      assert.equal(await s.findStore("st-none"), undefined);
+      const names = async (q: Parameters<Storage["listStores"]>[0]) => (await s.listStores(q)).map((r) => r.name).filter((n) => n.startsWith("st-"));
+      assert.deepEqual(await names({ limit: 100 }), ["st-a", "st-b", "st-c"]);
+      assert.deepEqual(await names({ limit: 100, managedBy: "billing" }), ["st-b"]);
+      assert.deepEqual(await names({ limit: 100, managedBy: null }), ["st-a"]);
+      assert.deepEqual(await names({ limit: 100, after: "st-a" }), ["st-b", "st-c"]);
+      const a2 = { ...a, description: "changed", revision: 2, updatedAt: T0 + 1 };
+      assert.equal(await s.replaceStore(a2, 1), true);
+      assert.equal(await s.replaceStore({ ...a, revision: 3 }, 1), false, "stale revision");
+      assert.deepEqual(await s.findStore("st-a"), a2);
+      assert.equal(await s.deleteStore("st-a", 1), false, "stale revision");
+      assert.equal(await s.deleteStore("st-a", 2), true);
+      assert.equal(await s.findStore("st-a"), undefined);
+    });
+
+    it("keeps vars per store, in name order, with their values", async () => {
+      const v = (store: string, name: string, value: string) => setVar(undefined, store, name, value, T0);
+      await s.putVars([v("vs", "b", "2"), v("vs", "a", "1"), v("vs", "c/d", "3"), v("other-vs", "a", "x")]);
+      assert.deepEqual(await s.findVar("vs", "a"), v("vs", "a", "1"));
+      assert.equal(await s.findVar("vs", "zz"), undefined);
+      const updated = setVar(await s.findVar("vs", "a"), "vs", "a", "one", T0 + 5);
+      await s.putVars([updated]);
+      assert.deepEqual(await s.findVar("vs", "a"), { ...updated, createdAt: T0 });
+      assert.equal((await s.findVar("vs", "a"))?.revision, 2);
+      const list = async (prefix: string, after?: string) =>
+        (await s.listVars({ store: "vs", prefix, after, limit: 10 })).map((r) => `${r.name}=${r.value}`);
+      assert.deepEqual(await list(""), ["a=one", "b=2", "c/d=3"]);
+      assert.deepEqual(await list("c/"), ["c/d=3"]);
+      assert.deepEqual(await list("", "a"), ["b=2", "c/d=3"]);
+      assert.equal(await s.deleteVar("vs", "b"), true);
+      assert.equal(await s.deleteVar("vs", "b"), false);
+      assert.deepEqual(await list(""), ["a=one", "c/d=3"]);
+    });
+
+    it("measures usage per store and for the whole service", async () => {
+      const u = (await fixture.open()).storage; // a fresh backend
+      try {
+        await u.insertStore(newStoreRecord({ name: "u1", description: "", managedBy: null }, T0));
+        await u.insertStore(newStoreRecord({ name: "u2", description: "", managedBy: null }, T0));
+        const one = secretDoc("x", { store: "u1" });
+        const two = appendVersion(secretDoc("y", { store: "u1" }), sealed(), T0 + 1, 10);
+        await u.insertSecret(one);
+        await u.insertSecret(two);
+        await u.insertSecret(secretDoc("z", { store: "u2" }));
+        await u.putVars([setVar(undefined, "u1", "k", "héllo", T0)]);
+        const sealedOf = (d: SecretDocument) => d.versions.reduce((n, v) => n + v.sealed.length, 0);
+        assert.deepEqual(await u.usage("u1"), {
+          stores: 1,
+          secrets: 2,
+          versions: 3,
+          vars: 1,
+          bytes: sealedOf(one) + sealedOf(two) + Buffer.byteLength("héllo"),
+        });
+        const all = await u.usage();
+        assert.equal(all.stores, 2);
+        assert.equal(all.secrets, 3);
+        assert.equal(all.versions, 4);
+        assert.equal(all.vars, 1);
+        assert.deepEqual(await u.usage("nowhere"), { stores: 0, secrets: 0, versions: 0, vars: 0, bytes: 0 });
+      } finally {
+        await u.close();
+      }
+    });
+
+    it("purges a store's secrets in batches, with delete events, and its vars and keys", async () => {
+      const feed = read(s, 5, undefined);
+      await feed.started;
+      for (const n of ["p1", "p2", "p3", "p4", "p5"]) await s.insertSecret(secretDoc(n, { store: "purge-me" }));
+      await s.insertSecret(secretDoc("p1", { store: "keep-me" }));
+      await s.putVars([setVar(undefined, "purge-me", "v", "1", T0), setVar(undefined, "keep-me", "v", "1", T0)]);
+      await s.insertDataKey({ store: "purge-me", id: "pk", kekId: "kek1", wrapped: "w", createdAt: T0 });
+      await s.insertDataKey({ store: "keep-me", id: "kk", kekId: "kek1", wrapped: "w", createdAt: T0 });
+      await feed.items;
+      const deletes = read(s, 5, undefined);
+      await deletes.started;
+      assert.equal(await s.deleteDataKeys("purge-me"), 1);
+      assert.equal(await s.deleteStoreSecrets("purge-me", 2), 2);
+      assert.equal(await s.deleteStoreSecrets("purge-me", 2), 2);
+      assert.equal(await s.deleteStoreSecrets("purge-me", 2), 1);
+      assert.equal(await s.deleteStoreSecrets("purge-me", 2), 0);
+      assert.equal(await s.deleteStoreVars("purge-me"), 1);
+      const events = (await deletes.items) as Extract<ChangeFeedItem, { id: string }>[];
+      assert.deepEqual(events.map((e) => e.op), ["delete", "delete", "delete", "delete", "delete"]);
+      assert.deepEqual(events.map((e) => e.name).sort(), ["p1", "p2", "p3", "p4", "p5"]);
+      assert.deepEqual(await s.listDataKeys("purge-me"), []);
+      assert.equal((await s.listDataKeys("keep-me")).length, 1);
+      assert.equal(await s.findSecret("keep-me", "p1").then((d) => d?.name), "p1");
+      assert.equal(await s.findVar("keep-me", "v").then((v) => v?.value), "1");
+    });
+
+    it("re-wraps a data key only from the expected master key", async () => {
+      const k = { store: "rw", id: "k1", kekId: "old", wrapped: "w-old", createdAt: T0 };
+      await s.insertDataKey(k);
+      assert.equal(await s.rewrapDataKey({ ...k, kekId: "new", wrapped: "w-new" }, "other"), false);
+      assert.equal(await s.rewrapDataKey({ ...k, kekId: "new", wrapped: "w-new" }, "old"), true);
+      assert.deepEqual(await s.listDataKeys("rw"), [{ ...k, kekId: "new", wrapped: "w-new" }]);
     });
 
     it("carries no secret value or ciphertext in change events", async () => {

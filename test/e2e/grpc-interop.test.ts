@@ -113,6 +113,7 @@ describe("gRPC interop (grpc-js + proto-loader)", () => {
       "StoreSecret",
       "UpdateSecret",
       "VerifySecret",
+      "WatchSecrets",
     ]);
   });
 

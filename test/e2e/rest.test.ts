@@ -54,7 +54,11 @@ describe("REST API (seed 003)", () => {
   it("rejects a duplicate name with 409", async () => {
     const res = await post("/v1/secrets", { name: "db/password", value: "x" });
     assert.equal(res.status, 409);
-    assert.deepEqual(Object.keys(await res.json()), ["error"]);
+    const body = await res.json();
+    assert.match(body.error, /already exists/);
+    assert.equal(body.code, "already_exists");
+    assert.match(body.request_id, /^req_/);
+    assert.equal(body.request_id, res.headers.get("x-request-id"));
   });
 
   it("rejects bad bodies with 400 and a clear error", async () => {

@@ -137,7 +137,7 @@ describe("authorize", () => {
 
   describe("admin", () => {
     const ac = access({ adminTokens: [TOKEN_A, TOKEN_B] });
-    const admin = (authorization: string | undefined) => ac.authorize("admin", caller({ authorization, ip: "127.0.0.1" }));
+    const admin = (authorization: string | undefined) => ac.authorize("manage", caller({ authorization, ip: "127.0.0.1" }));
 
     it("accepts each configured token", () => {
       admin(`Bearer ${TOKEN_A}`);
@@ -176,12 +176,12 @@ describe("authorize", () => {
     });
 
     it("is not granted by an allowed IP", () => {
-      assertRefused(() => ac.authorize("admin", caller({ ip: "127.0.0.1" })), "unauthenticated");
+      assertRefused(() => ac.authorize("manage", caller({ ip: "127.0.0.1" })), "unauthenticated");
     });
 
     it("refuses every token when none is configured", () => {
       assertRefused(
-        () => access({ adminTokens: [] }).authorize("admin", caller({ authorization: `Bearer ${TOKEN_A}` })),
+        () => access({ adminTokens: [] }).authorize("manage", caller({ authorization: `Bearer ${TOKEN_A}` })),
         "unauthenticated",
       );
     });

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/secret_service.proto.
  */
 export const file_latchkey_v1_secret_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEi4wEKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZSJ2ChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSIxChBHZXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDSJ0ChFHZXRTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYAyABKAkiUAoSTGlzdFNlY3JldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJIlQKE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+QEKE1VwZGF0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBEhgKC2Rlc2NyaXB0aW9uGAMgASgJSAGIAQESJQoEa2luZBgEIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldEtpbmQSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQggKBl92YWx1ZUIOCgxfZGVzY3JpcHRpb24iOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IiMKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIjChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkidwoUUm90YXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0EisKB3ZlcnNpb24YAiABKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uEg0KBXZhbHVlGAMgASgJIjIKE1ZlcmlmeVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNIkAKE1dhdGNoU2VjcmV0c1JlcXVlc3QSEwoLbmFtZV9wcmVmaXgYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJIoICChRXYXRjaFNlY3JldHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0RXZlbnRUeXBlEgoKAmlkGAIgASgJEg0KBXN0b3JlGAMgASgJEgwKBG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIQCghyZXZpc2lvbhgGIAEoBBImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbmV4dF9yb3RhdGlvbl9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdW1lX3Rva2VuGAkgASgJMr4FCg1TZWNyZXRTZXJ2aWNlElAKC1N0b3JlU2VjcmV0Eh8ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0GiAubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXNwb25zZRJPCglHZXRTZWNyZXQSHS5sYXRjaGtleS52MS5HZXRTZWNyZXRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJVCgtMaXN0U2VjcmV0cxIfLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJTCgxVcGRhdGVTZWNyZXQSIC5sYXRjaGtleS52MS5VcGRhdGVTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVzcG9uc2USWAoMRGVsZXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlIgOQAgISUwoMUm90YXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElMKDFZlcmlmeVNlY3JldBIgLmxhdGNoa2V5LnYxLlZlcmlmeVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXNwb25zZRJaCgxXYXRjaFNlY3JldHMSIC5sYXRjaGtleS52MS5XYXRjaFNlY3JldHNSZXF1ZXN0GiEubGF0Y2hrZXkudjEuV2F0Y2hTZWNyZXRzUmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_latchkey_v1_secret]);
+  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEi8gEKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBXN0b3JlGAcgASgJQggKBl92YWx1ZSJ2ChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSJAChBHZXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDRINCgVzdG9yZRgDIAEoCSJ0ChFHZXRTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYAyABKAkiXwoSTGlzdFNlY3JldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJEg0KBXN0b3JlGAQgASgJIlQKE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiAIKE1VwZGF0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBEhgKC2Rlc2NyaXB0aW9uGAMgASgJSAGIAQESJQoEa2luZBgEIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldEtpbmQSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBXN0b3JlGAcgASgJQggKBl92YWx1ZUIOCgxfZGVzY3JpcHRpb24iOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IjIKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVzdG9yZRgCIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIyChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFc3RvcmUYAiABKAkidwoUUm90YXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0EisKB3ZlcnNpb24YAiABKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uEg0KBXZhbHVlGAMgASgJIkEKE1ZlcmlmeVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCRINCgVzdG9yZRgDIAEoCSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNIk8KE1dhdGNoU2VjcmV0c1JlcXVlc3QSEwoLbmFtZV9wcmVmaXgYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEg0KBXN0b3JlGAMgASgJIoICChRXYXRjaFNlY3JldHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0RXZlbnRUeXBlEgoKAmlkGAIgASgJEg0KBXN0b3JlGAMgASgJEgwKBG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIQCghyZXZpc2lvbhgGIAEoBBImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbmV4dF9yb3RhdGlvbl9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdW1lX3Rva2VuGAkgASgJMr4FCg1TZWNyZXRTZXJ2aWNlElAKC1N0b3JlU2VjcmV0Eh8ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0GiAubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXNwb25zZRJPCglHZXRTZWNyZXQSHS5sYXRjaGtleS52MS5HZXRTZWNyZXRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJVCgtMaXN0U2VjcmV0cxIfLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJTCgxVcGRhdGVTZWNyZXQSIC5sYXRjaGtleS52MS5VcGRhdGVTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVzcG9uc2USWAoMRGVsZXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlIgOQAgISUwoMUm90YXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElMKDFZlcmlmeVNlY3JldBIgLmxhdGNoa2V5LnYxLlZlcmlmeVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXNwb25zZRJaCgxXYXRjaFNlY3JldHMSIC5sYXRjaGtleS52MS5XYXRjaFNlY3JldHNSZXF1ZXN0GiEubGF0Y2hrZXkudjEuV2F0Y2hTZWNyZXRzUmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_latchkey_v1_secret]);
 
 /**
  * @generated from message latchkey.v1.StoreSecretRequest
@@ -59,6 +59,13 @@ export type StoreSecretRequest = Message<"latchkey.v1.StoreSecretRequest"> & {
    * @generated from field: google.protobuf.Duration grace_period = 6;
    */
   gracePeriod?: Duration | undefined;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 7;
+   */
+  store: string;
 };
 
 /**
@@ -112,6 +119,13 @@ export type GetSecretRequest = Message<"latchkey.v1.GetSecretRequest"> & {
    * @generated from field: uint32 version = 2;
    */
   version: number;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 3;
+   */
+  store: string;
 };
 
 /**
@@ -172,6 +186,13 @@ export type ListSecretsRequest = Message<"latchkey.v1.ListSecretsRequest"> & {
    * @generated from field: string name_prefix = 3;
    */
   namePrefix: string;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 4;
+   */
+  store: string;
 };
 
 /**
@@ -242,6 +263,13 @@ export type UpdateSecretRequest = Message<"latchkey.v1.UpdateSecretRequest"> & {
    * @generated from field: google.protobuf.Duration grace_period = 6;
    */
   gracePeriod?: Duration | undefined;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 7;
+   */
+  store: string;
 };
 
 /**
@@ -276,6 +304,13 @@ export type DeleteSecretRequest = Message<"latchkey.v1.DeleteSecretRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 2;
+   */
+  store: string;
 };
 
 /**
@@ -306,6 +341,13 @@ export type RotateSecretRequest = Message<"latchkey.v1.RotateSecretRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 2;
+   */
+  store: string;
 };
 
 /**
@@ -355,6 +397,13 @@ export type VerifySecretRequest = Message<"latchkey.v1.VerifySecretRequest"> & {
    * @generated from field: string value = 2;
    */
   value: string;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 3;
+   */
+  store: string;
 };
 
 /**
@@ -405,6 +454,13 @@ export type WatchSecretsRequest = Message<"latchkey.v1.WatchSecretsRequest"> & {
    * @generated from field: string resume_token = 2;
    */
   resumeToken: string;
+
+  /**
+   * The store holding the secret; empty means "default".
+   *
+   * @generated from field: string store = 3;
+   */
+  store: string;
 };
 
 /**

@@ -1,6 +1,8 @@
 import type { Document, Filter, IndexDescription, Sort } from "mongodb";
 import type { SecretDocument } from "../../domain/secret.js";
-import type { DataKeyRecord, ListQuery } from "../storage.js";
+import type { StoreRecord } from "../../domain/store.js";
+import type { VarRecord } from "../../domain/vars.js";
+import type { DataKeyRecord, ListQuery, StoreListQuery, VarListQuery } from "../storage.js";
 
 /**
  * The pure half of the MongoDB adapter: document shapes, filters, sorts, indexes and the validator. No I/O here,
@@ -13,6 +15,8 @@ import type { DataKeyRecord, ListQuery } from "../storage.js";
 export const SECRETS = "secrets";
 export const DATA_KEYS = "data_keys";
 export const CURSORS = "cursors";
+export const STORES = "stores";
+export const VARS = "vars";
 
 export interface MongoVersion {
   version: number;
@@ -34,6 +38,10 @@ export interface MongoSecret {
   currentVersion: number;
   /** Derived: when the newest version was made. */
   lastRotatedAt: Date;
+  /** Derived: how many versions are kept (usage). */
+  versionCount: number;
+  /** Derived: bytes of sealed values (usage). */
+  sealedBytes: number;
   createdAt: Date;
   updatedAt: Date;
   revision: number;
@@ -69,6 +77,8 @@ export function toMongoSecret(doc: SecretDocument): MongoSecret {
     })),
     currentVersion: last ? last.version : 0,
     lastRotatedAt: new Date(last ? last.createdAt : doc.createdAt),
+    versionCount: doc.versions.length,
+    sealedBytes: doc.versions.reduce((n, v) => n + v.sealed.length, 0),
     createdAt: new Date(doc.createdAt),
     updatedAt: new Date(doc.updatedAt),
     revision: doc.revision,
@@ -163,6 +173,8 @@ export const SECRETS_VALIDATOR: Document = {
       "versions",
       "currentVersion",
       "lastRotatedAt",
+      "versionCount",
+      "sealedBytes",
       "createdAt",
       "updatedAt",
       "revision",
@@ -203,6 +215,8 @@ export const SECRETS_VALIDATOR: Document = {
       },
       currentVersion: { bsonType: ["int", "long", "double"], minimum: 1 },
       lastRotatedAt: { bsonType: "date" },
+      versionCount: { bsonType: ["int", "long", "double"], minimum: 1 },
+      sealedBytes: { bsonType: ["int", "long", "double"], minimum: 0 },
       createdAt: { bsonType: "date" },
       updatedAt: { bsonType: "date" },
       revision: { bsonType: ["int", "long", "double"], minimum: 1 },
@@ -222,4 +236,108 @@ export function changeStreamPipeline(): Document[] {
     project[`fullDocumentBeforeChange.${f}`] = 1;
   }
   return [{ $match: { operationType: { $in: ["insert", "replace", "update", "delete"] } } }, { $project: project }];
+}
+
+export interface MongoStore {
+  _id: string;
+  description: string;
+  managedBy: string | null;
+  state: "active" | "purging";
+  createdAt: Date;
+  updatedAt: Date;
+  revision: number;
+}
+
+export function toMongoStore(s: StoreRecord): MongoStore {
+  return {
+    _id: s.name,
+    description: s.description,
+    managedBy: s.managedBy,
+    state: s.state,
+    createdAt: new Date(s.createdAt),
+    updatedAt: new Date(s.updatedAt),
+    revision: s.revision,
+  };
+}
+
+export function fromMongoStore(m: MongoStore): StoreRecord {
+  return {
+    name: m._id,
+    description: m.description,
+    managedBy: m.managedBy,
+    state: m.state,
+    createdAt: m.createdAt.getTime(),
+    updatedAt: m.updatedAt.getTime(),
+    revision: m.revision,
+  };
+}
+
+export function storeListFilter(q: StoreListQuery): Filter<MongoStore> {
+  const filter: Filter<MongoStore> = {};
+  if (q.after) filter._id = { $gt: q.after };
+  if (q.managedBy !== undefined) filter.managedBy = q.managedBy;
+  return filter;
+}
+
+export interface MongoVar {
+  _id: string;
+  store: string;
+  name: string;
+  value: string;
+  createdAt: Date;
+  updatedAt: Date;
+  revision: number;
+}
+
+export function varId(store: string, name: string): string {
+  return `${store}\u0000${name}`;
+}
+
+export function toMongoVar(v: VarRecord): MongoVar {
+  return {
+    _id: varId(v.store, v.name),
+    store: v.store,
+    name: v.name,
+    value: v.value,
+    createdAt: new Date(v.createdAt),
+    updatedAt: new Date(v.updatedAt),
+    revision: v.revision,
+  };
+}
+
+export function fromMongoVar(m: MongoVar): VarRecord {
+  return {
+    store: m.store,
+    name: m.name,
+    value: m.value,
+    createdAt: m.createdAt.getTime(),
+    updatedAt: m.updatedAt.getTime(),
+    revision: m.revision,
+  };
+}
+
+export function varListFilter(q: VarListQuery): Filter<MongoVar> {
+  const name: Record<string, unknown> = {};
+  if (q.prefix) name.$regex = `^${escapeRegex(q.prefix)}`;
+  if (q.after) name.$gt = q.after;
+  return Object.keys(name).length > 0 ? { store: q.store, name } : { store: q.store };
+}
+
+export const VAR_INDEXES: IndexDescription[] = [{ key: { store: 1, name: 1 }, name: "store_name_unique", unique: true }];
+export const STORE_INDEXES: IndexDescription[] = [{ key: { managedBy: 1, _id: 1 }, name: "managed_by" }];
+
+/** Sums a store's (or, unfiltered, every) secret count, versions and sealed bytes. */
+export function secretUsagePipeline(store?: string): Document[] {
+  return [
+    ...(store === undefined ? [] : [{ $match: { store } }]),
+    { $group: { _id: null, secrets: { $sum: 1 }, versions: { $sum: "$versionCount" }, bytes: { $sum: "$sealedBytes" } } },
+  ];
+}
+
+/** Sums a store's (or every) var count and value bytes. */
+export function varUsagePipeline(store?: string): Document[] {
+  return [
+    ...(store === undefined ? [] : [{ $match: { store } }]),
+    { $group: { _id: null, vars: { $sum: 1 }, bytes: { $sum: { $strLenBytes: "$value" } } } },
+  ];
 }

@@ -12,6 +12,8 @@ import {
 } from "mongodb";
 import type { Logger } from "../../log/logger.js";
 import type { ChangeEvent, ChangeFeedItem, Storage } from "../storage.js";
+import type { StoreRecord } from "../../domain/store.js";
+import type { Usage } from "../../domain/usage.js";
 import {
   CURSORS,
   casFilter,
@@ -29,6 +31,21 @@ import {
   SECRETS_VALIDATOR,
   toMongoDataKey,
   toMongoSecret,
+  fromMongoStore,
+  fromMongoVar,
+  type MongoStore,
+  type MongoVar,
+  secretUsagePipeline,
+  STORE_INDEXES,
+  STORES,
+  storeListFilter,
+  toMongoStore,
+  toMongoVar,
+  VAR_INDEXES,
+  VARS,
+  varId,
+  varListFilter,
+  varUsagePipeline,
 } from "./mongo-documents.js";
 
 export interface MongoStorageOptions {
@@ -69,6 +86,8 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
   const secrets = db.collection<MongoSecret>(SECRETS);
   const dataKeys = db.collection<MongoDataKey>(DATA_KEYS);
   const cursors = db.collection<{ _id: string; token: string; at: Date }>(CURSORS);
+  const stores = db.collection<MongoStore>(STORES);
+  const vars = db.collection<MongoVar>(VARS);
   const { logger } = opts;
 
   return {
@@ -116,6 +135,77 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
     changes({ resumeAfter, signal }) {
       return watchSecrets(db, secrets, resumeAfter, signal, logger);
     },
+    async findStore(name) {
+      const m = await stores.findOne({ _id: name });
+      return m ? fromMongoStore(m) : undefined;
+    },
+    async insertStore(store) {
+      try {
+        await stores.insertOne(toMongoStore(store));
+        return true;
+      } catch (err) {
+        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
+        throw err;
+      }
+    },
+    async replaceStore(store: StoreRecord, expectedRevision) {
+      const r = await stores.replaceOne({ _id: store.name, revision: expectedRevision }, toMongoStore(store));
+      return r.matchedCount === 1;
+    },
+    async deleteStore(name, expectedRevision) {
+      return (await stores.deleteOne({ _id: name, revision: expectedRevision })).deletedCount === 1;
+    },
+    async listStores(query) {
+      return (await stores.find(storeListFilter(query)).sort({ _id: 1 }).limit(query.limit).toArray()).map(fromMongoStore);
+    },
+    async deleteStoreSecrets(store, limit) {
+      const ids = (await secrets.find({ store }, { projection: { _id: 1 } }).limit(limit).toArray()).map((d) => d._id);
+      if (ids.length === 0) return 0;
+      return (await secrets.deleteMany({ _id: { $in: ids } })).deletedCount;
+    },
+    async deleteStoreVars(store) {
+      return (await vars.deleteMany({ store })).deletedCount;
+    },
+    async deleteDataKeys(store) {
+      return (await dataKeys.deleteMany({ store })).deletedCount;
+    },
+    async findVar(store, name) {
+      const m = await vars.findOne({ _id: varId(store, name) });
+      return m ? fromMongoVar(m) : undefined;
+    },
+    async putVars(records) {
+      if (records.length === 0) return;
+      await vars.bulkWrite(
+        records.map((v) => ({ replaceOne: { filter: { _id: varId(v.store, v.name) }, replacement: toMongoVar(v), upsert: true } })),
+        { ordered: true },
+      );
+    },
+    async deleteVar(store, name) {
+      return (await vars.deleteOne({ _id: varId(store, name) })).deletedCount === 1;
+    },
+    async listVars(query) {
+      return (await vars.find(varListFilter(query)).sort({ name: 1 }).limit(query.limit).toArray()).map(fromMongoVar);
+    },
+    async usage(store) {
+      const [sec] = await secrets.aggregate<{ secrets: number; versions: number; bytes: number }>(secretUsagePipeline(store)).toArray();
+      const [v] = await vars.aggregate<{ vars: number; bytes: number }>(varUsagePipeline(store)).toArray();
+      const storeCount = await stores.countDocuments(store === undefined ? {} : { _id: store });
+      const usage: Usage = {
+        stores: storeCount,
+        secrets: sec?.secrets ?? 0,
+        versions: sec?.versions ?? 0,
+        vars: v?.vars ?? 0,
+        bytes: (sec?.bytes ?? 0) + (v?.bytes ?? 0),
+      };
+      return usage;
+    },
+    async rewrapDataKey(key, expectedKekId) {
+      const r = await dataKeys.updateOne(
+        { store: key.store, id: key.id, kekId: expectedKekId },
+        { $set: { kekId: key.kekId, wrapped: key.wrapped } },
+      );
+      return r.matchedCount === 1;
+    },
     async loadResumeToken(consumer) {
       return (await cursors.findOne({ _id: consumer }))?.token;
     },
@@ -160,9 +250,13 @@ async function setup(db: Db): Promise<void> {
     validationLevel: "strict",
     changeStreamPreAndPostImages: { enabled: true },
   });
-  if (!existing.has(DATA_KEYS)) await db.createCollection(DATA_KEYS).catch(ignoreAlreadyExists);
+  for (const name of [DATA_KEYS, STORES, VARS, CURSORS]) {
+    if (!existing.has(name)) await db.createCollection(name).catch(ignoreAlreadyExists);
+  }
   await db.collection(SECRETS).createIndexes(SECRET_INDEXES);
   await db.collection(DATA_KEYS).createIndexes(DATA_KEY_INDEXES);
+  await db.collection(STORES).createIndexes(STORE_INDEXES);
+  await db.collection(VARS).createIndexes(VAR_INDEXES);
 }
 
 function ignoreAlreadyExists(err: unknown): void {

@@ -2,7 +2,19 @@ import { closeSync, type FSWatcher, mkdirSync, openSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
 import { currentVersion, type SecretDocument } from "../../domain/secret.js";
-import type { ChangeEvent, ChangeFeedItem, ChangesOptions, DataKeyRecord, ListQuery, Storage } from "../storage.js";
+import type { StoreRecord } from "../../domain/store.js";
+import type { Usage } from "../../domain/usage.js";
+import type { VarRecord } from "../../domain/vars.js";
+import type {
+  ChangeEvent,
+  ChangeFeedItem,
+  ChangesOptions,
+  DataKeyRecord,
+  ListQuery,
+  Storage,
+  StoreListQuery,
+  VarListQuery,
+} from "../storage.js";
 
 export interface SqliteStorageOptions {
   /** Changes older than this are pruned from the change log. Default 1 hour. */
@@ -44,10 +56,54 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   const q = {
     find: db.prepare<[string, string], { doc: string }>("SELECT doc FROM secrets WHERE store = ? AND name = ?"),
     insert: db.prepare(
-      "INSERT INTO secrets (id, store, name, revision, next_rotation_at, doc) VALUES (@id, @store, @name, @revision, @next, @doc)",
+      "INSERT INTO secrets (id, store, name, revision, next_rotation_at, version_count, sealed_bytes, doc) VALUES (@id, @store, @name, @revision, @next, @versionCount, @sealedBytes, @doc)",
     ),
     replace: db.prepare(
-      "UPDATE secrets SET store = @store, name = @name, revision = @revision, next_rotation_at = @next, doc = @doc WHERE id = @id AND revision = @expected",
+      "UPDATE secrets SET store = @store, name = @name, revision = @revision, next_rotation_at = @next, version_count = @versionCount, sealed_bytes = @sealedBytes, doc = @doc WHERE id = @id AND revision = @expected",
+    ),
+    deleteStoreSecrets: db.prepare<[string, number], { doc: string }>(
+      "DELETE FROM secrets WHERE id IN (SELECT id FROM secrets WHERE store = ? LIMIT ?) RETURNING doc",
+    ),
+    findStore: db.prepare<[string], { doc: string }>("SELECT doc FROM stores WHERE name = ?"),
+    insertStore: db.prepare("INSERT INTO stores (name, managed_by, revision, doc) VALUES (@name, @managedBy, @revision, @doc)"),
+    replaceStore: db.prepare(
+      "UPDATE stores SET revision = @revision, doc = @doc WHERE name = @name AND revision = @expected",
+    ),
+    deleteStore: db.prepare("DELETE FROM stores WHERE name = ? AND revision = ?"),
+    listStoresAll: db.prepare<[string, number], { doc: string }>("SELECT doc FROM stores WHERE name > ? ORDER BY name LIMIT ?"),
+    listStoresUnmanaged: db.prepare<[string, number], { doc: string }>(
+      "SELECT doc FROM stores WHERE name > ? AND managed_by IS NULL ORDER BY name LIMIT ?",
+    ),
+    listStoresManagedBy: db.prepare<[string, string, number], { doc: string }>(
+      "SELECT doc FROM stores WHERE managed_by = ? AND name > ? ORDER BY name LIMIT ?",
+    ),
+    deleteStoreVars: db.prepare("DELETE FROM vars WHERE store = ?"),
+    deleteDataKeys: db.prepare("DELETE FROM data_keys WHERE store = ?"),
+    findVar: db.prepare<[string, string], VarRow>("SELECT * FROM vars WHERE store = ? AND name = ?"),
+    putVar: db.prepare(
+      "INSERT INTO vars (store, name, value, created_at, updated_at, revision) VALUES (@store, @name, @value, @createdAt, @updatedAt, @revision) " +
+        "ON CONFLICT (store, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, revision = excluded.revision",
+    ),
+    deleteVar: db.prepare("DELETE FROM vars WHERE store = ? AND name = ?"),
+    listVars: db.prepare<[string, string, string, string, number], VarRow>(
+      "SELECT * FROM vars WHERE store = ? AND name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
+    ),
+    secretUsage: db.prepare<[string], { n: number; v: number; b: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets WHERE store = ?",
+    ),
+    varUsage: db.prepare<[string], { n: number; b: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(length(CAST(value AS BLOB))), 0) AS b FROM vars WHERE store = ?",
+    ),
+    secretUsageAll: db.prepare<[], { n: number; v: number; b: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets",
+    ),
+    varUsageAll: db.prepare<[], { n: number; b: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(length(CAST(value AS BLOB))), 0) AS b FROM vars",
+    ),
+    storeCount: db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM stores"),
+    storeExists: db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM stores WHERE name = ?"),
+    rewrapKey: db.prepare(
+      "UPDATE data_keys SET kek_id = @kekId, wrapped = @wrapped WHERE store = @store AND id = @id AND kek_id = @expected",
     ),
     deleteReturning: db.prepare<[string, number], { doc: string }>(
       "DELETE FROM secrets WHERE id = ? AND revision = ? RETURNING doc",
@@ -99,6 +155,8 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     name: doc.name,
     revision: doc.revision,
     next: doc.rotation?.nextRotationAt ?? null,
+    versionCount: doc.versions.length,
+    sealedBytes: sealedBytes(doc),
     doc: JSON.stringify(doc),
   });
   const parse = (r: { doc: string }): SecretDocument => JSON.parse(r.doc) as SecretDocument;
@@ -136,6 +194,14 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     if (q.replace.run({ ...row(doc), expected }).changes !== 1) return false;
     q.appendChange.run(change("update", doc));
     return true;
+  });
+  const purgeSecretsTx = db.transaction((store: string, limit: number): number => {
+    const gone = q.deleteStoreSecrets.all(store, limit);
+    for (const r of gone) q.appendChange.run(change("delete", parse(r)));
+    return gone.length;
+  });
+  const putVarsTx = db.transaction((vars: readonly VarRecord[]) => {
+    for (const v of vars) q.putVar.run(v);
   });
   const deleteTx = db.transaction((id: string, expected: number): boolean => {
     const gone = q.deleteReturning.get(id, expected);
@@ -278,6 +344,96 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       return q.nextDue.get()?.t ?? undefined;
     },
     changes,
+    async findStore(name) {
+      const r = q.findStore.get(name);
+      return r && (JSON.parse(r.doc) as StoreRecord);
+    },
+    insertStore(store) {
+      return write(() => {
+        try {
+          q.insertStore.run({ name: store.name, managedBy: store.managedBy, revision: store.revision, doc: JSON.stringify(store) });
+          return true;
+        } catch (err) {
+          if (isUniqueViolation(err)) return false;
+          throw err;
+        }
+      });
+    },
+    replaceStore(store, expectedRevision) {
+      return write(
+        () =>
+          q.replaceStore.run({ name: store.name, revision: store.revision, doc: JSON.stringify(store), expected: expectedRevision })
+            .changes === 1,
+      );
+    },
+    deleteStore(name, expectedRevision) {
+      return write(() => q.deleteStore.run(name, expectedRevision).changes === 1);
+    },
+    async listStores(query: StoreListQuery) {
+      const after = query.after ?? "";
+      const rows =
+        query.managedBy === undefined
+          ? q.listStoresAll.all(after, query.limit)
+          : query.managedBy === null
+            ? q.listStoresUnmanaged.all(after, query.limit)
+            : q.listStoresManagedBy.all(query.managedBy, after, query.limit);
+      return rows.map((r) => JSON.parse(r.doc) as StoreRecord);
+    },
+    async deleteStoreSecrets(store, limit) {
+      let n = 0;
+      await write(() => {
+        n = purgeSecretsTx(store, limit);
+        return n > 0;
+      });
+      return n;
+    },
+    async deleteStoreVars(store) {
+      let n = 0;
+      await write(() => {
+        n = q.deleteStoreVars.run(store).changes;
+        return false;
+      });
+      return n;
+    },
+    async deleteDataKeys(store) {
+      let n = 0;
+      await write(() => {
+        n = q.deleteDataKeys.run(store).changes;
+        return false;
+      });
+      return n;
+    },
+    async findVar(store, name) {
+      const r = q.findVar.get(store, name);
+      return r && fromVarRow(r);
+    },
+    async putVars(vars) {
+      await write(() => {
+        putVarsTx(vars);
+        return false;
+      });
+    },
+    deleteVar(store, name) {
+      return write(() => q.deleteVar.run(store, name).changes === 1).then((ok) => ok);
+    },
+    async listVars(query: VarListQuery) {
+      return q.listVars
+        .all(query.store, query.after ?? "", query.prefix, `${query.prefix}\u{10FFFF}`, query.limit)
+        .map(fromVarRow);
+    },
+    async usage(store) {
+      if (store === undefined) {
+        const sec = q.secretUsageAll.get() ?? { n: 0, v: 0, b: 0 };
+        const vars = q.varUsageAll.get() ?? { n: 0, b: 0 };
+        return toUsage(q.storeCount.get()?.n ?? 0, sec, vars);
+      }
+      const sec = q.secretUsage.get(store) ?? { n: 0, v: 0, b: 0 };
+      const vars = q.varUsage.get(store) ?? { n: 0, b: 0 };
+      return toUsage(q.storeExists.get(store)?.n ?? 0, sec, vars);
+    },
+    async rewrapDataKey(key, expectedKekId) {
+      return q.rewrapKey.run({ ...key, expected: expectedKekId }).changes === 1;
+    },
     async loadResumeToken(consumer) {
       return q.loadCursor.get(consumer)?.token;
     },
@@ -323,6 +479,30 @@ interface ChangeRow {
   version_created_at: number;
   next_rotation_at: number | null;
   at: number;
+}
+
+interface VarRow {
+  store: string;
+  name: string;
+  value: string;
+  created_at: number;
+  updated_at: number;
+  revision: number;
+}
+
+function fromVarRow(r: VarRow): VarRecord {
+  return { store: r.store, name: r.name, value: r.value, createdAt: r.created_at, updatedAt: r.updated_at, revision: r.revision };
+}
+
+function toUsage(stores: number, sec: { n: number; v: number; b: number }, vars: { n: number; b: number }): Usage {
+  return { stores, secrets: sec.n, versions: sec.v, vars: vars.n, bytes: sec.b + vars.b };
+}
+
+/** Bytes of sealed values a secret holds (the ciphertext envelopes). */
+export function sealedBytes(doc: SecretDocument): number {
+  let n = 0;
+  for (const v of doc.versions) n += v.sealed.length;
+  return n;
 }
 
 function fromKeyRow(r: KeyRow): DataKeyRecord {
@@ -421,6 +601,27 @@ const MIGRATIONS: readonly string[] = [
      consumer TEXT PRIMARY KEY,
      token TEXT NOT NULL,
      at INTEGER NOT NULL
+   );`,
+  `ALTER TABLE secrets ADD COLUMN version_count INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE secrets ADD COLUMN sealed_bytes INTEGER NOT NULL DEFAULT 0;
+   UPDATE secrets SET
+     version_count = json_array_length(doc, '$.versions'),
+     sealed_bytes = (SELECT COALESCE(SUM(length(json_extract(v.value, '$.sealed'))), 0) FROM json_each(doc, '$.versions') AS v);
+   CREATE TABLE stores (
+     name TEXT PRIMARY KEY,
+     managed_by TEXT,
+     revision INTEGER NOT NULL,
+     doc TEXT NOT NULL
+   );
+   CREATE INDEX stores_managed_by ON stores (managed_by, name);
+   CREATE TABLE vars (
+     store TEXT NOT NULL,
+     name TEXT NOT NULL,
+     value TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     revision INTEGER NOT NULL,
+     PRIMARY KEY (store, name)
    );`,
 ];
 

@@ -1,0 +1,282 @@
+import type { Envelope } from "../crypto/envelope.js";
+import { sealedSize } from "../crypto/envelope.js";
+import { invalidArgument, LatchkeyError, storeNotFound, type Violation } from "../domain/errors.js";
+import { canSee, ownerFor, type Principal } from "../domain/principal.js";
+import { DEFAULT_STORE, type SecretDocument, validateDescription } from "../domain/secret.js";
+import { newStoreRecord, type StoreRecord, validateStoreName } from "../domain/store.js";
+import type { Limits, Usage } from "../domain/usage.js";
+import { setVar, validateVar, type VarRecord } from "../domain/vars.js";
+import type { Logger } from "../log/logger.js";
+import type { Clock } from "../scheduler/clock.js";
+import type { Storage } from "../storage/storage.js";
+import { decodePageToken, page, pageLimit } from "./paging.js";
+import type { QuotaGuard } from "./quotas.js";
+import type {
+  CreateSecretInput,
+  ListSecretsInput,
+  OpenedSecret,
+  SecretManager,
+  SecretPage,
+  SecretRef,
+  UpdateSecretInput,
+} from "./secret-manager.js";
+import { type SecretEvent, type WatchInput, watchSecrets } from "./secret-watch.js";
+
+/**
+ * Latchkey is the application service every transport calls: REST routes and RPC handlers alike.
+ *
+ * It decides who may see which store (a store owned by a service is invisible, "not found", to everyone but that
+ * service and admins), admits writes within quotas, and delegates the secret lifecycle to the SecretManager and
+ * storage. Transport concerns (authentication, IP allowlists) are settled before a call reaches it: it receives the
+ * caller's Principal.
+ */
+export interface Latchkey {
+  createSecret(p: Principal, input: CreateSecretInput): Promise<OpenedSecret>;
+  getSecret(p: Principal, ref: SecretRef, version?: number): Promise<OpenedSecret>;
+  listSecrets(p: Principal, input: ListSecretsInput): Promise<SecretPage>;
+  updateSecret(p: Principal, ref: SecretRef, input: UpdateSecretInput): Promise<SecretDocument>;
+  deleteSecret(p: Principal, ref: SecretRef): Promise<void>;
+  rotateSecret(p: Principal, ref: SecretRef): Promise<OpenedSecret>;
+  verifySecret(p: Principal, ref: SecretRef, value: string): Promise<{ valid: boolean; version: number }>;
+  watchSecrets(p: Principal, input: WatchInput, signal: AbortSignal): AsyncGenerator<SecretEvent>;
+
+  createStore(p: Principal, input: { name: string; description?: string; managedBy?: string }): Promise<StoreRecord>;
+  getStore(p: Principal, name: string): Promise<StoreRecord>;
+  listStores(p: Principal, input: { pageSize?: number; pageToken?: string }): Promise<{ stores: StoreRecord[]; nextPageToken: string }>;
+  deleteStore(p: Principal, name: string, opts: { purge: boolean }): Promise<{ secrets: number; vars: number }>;
+  usage(p: Principal, store?: string): Promise<{ usage: Usage; limits: Limits }>;
+
+  setVars(p: Principal, store: string, vars: readonly { name: string; value: string }[]): Promise<VarRecord[]>;
+  getVar(p: Principal, store: string, name: string): Promise<VarRecord>;
+  listVars(
+    p: Principal,
+    input: { store: string; prefix?: string; pageSize?: number; pageToken?: string },
+  ): Promise<{ vars: VarRecord[]; nextPageToken: string }>;
+  deleteVar(p: Principal, store: string, name: string): Promise<void>;
+
+  /** Creates the default store if it does not exist (at start-up). */
+  ensureDefaultStore(): Promise<void>;
+}
+
+export interface LatchkeyDeps {
+  readonly storage: Storage;
+  readonly manager: SecretManager;
+  readonly envelope: Envelope;
+  readonly quotas: QuotaGuard;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly maxVersions: number;
+}
+
+/** Store records change rarely (ownership never): reads use a short-lived cache; writes check the store afresh. */
+const STORE_CACHE_MS = 5000;
+const MAX_VARS_PER_CALL = 1000;
+const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+export function createLatchkey(deps: LatchkeyDeps): Latchkey {
+  const { storage, manager, envelope, quotas, clock, logger, maxVersions } = deps;
+  const storeCache = new Map<string, { rec: StoreRecord; at: number }>();
+
+  /** The store, if `p` may see it; otherwise not_found, whether it exists or not. */
+  async function visibleStore(p: Principal, name: string, fresh = false): Promise<StoreRecord> {
+    validateStoreName(name);
+    let rec: StoreRecord | undefined;
+    const hit = storeCache.get(name);
+    if (!fresh && hit && clock.now() - hit.at < STORE_CACHE_MS) rec = hit.rec;
+    else {
+      rec = await storage.findStore(name);
+      if (rec) storeCache.set(name, { rec, at: clock.now() });
+      else storeCache.delete(name);
+    }
+    if (!rec || !canSee(p, rec)) throw storeNotFound(name);
+    return rec;
+  }
+
+  /** Growth of a secret write that adds one version of `valueBytes`, pruning beyond maxVersions. */
+  async function versionGrowth(ref: SecretRef, valueBytes: number): Promise<Partial<Usage>> {
+    const doc = await storage.findSecret(ref.store, ref.name);
+    if (!doc) return {};
+    const prunedCount = Math.max(0, doc.versions.length + 1 - maxVersions);
+    const pruned = doc.versions.slice(0, prunedCount).reduce((n, v) => n + v.sealed.length, 0);
+    return { versions: 1 - prunedCount, bytes: sealedSize(valueBytes) - pruned };
+  }
+
+  async function purgeContents(name: string): Promise<{ secrets: number; vars: number }> {
+    // The key goes first: from then on nothing of the store can be opened, even if the purge is interrupted.
+    await storage.deleteDataKeys(name);
+    envelope.forget(name);
+    let secrets = 0;
+    for (let n = await storage.deleteStoreSecrets(name, 500); n > 0; n = await storage.deleteStoreSecrets(name, 500)) {
+      secrets += n;
+    }
+    const vars = await storage.deleteStoreVars(name);
+    return { secrets, vars };
+  }
+
+  return {
+    async createSecret(p, input) {
+      await visibleStore(p, input.store, true);
+      const bytes = input.value === undefined ? 43 : Buffer.byteLength(input.value);
+      return quotas.admit(input.store, () => ({ secrets: 1, versions: 1, bytes: sealedSize(bytes) }), () => manager.create(input));
+    },
+    async getSecret(p, ref, version) {
+      await visibleStore(p, ref.store);
+      return manager.get(ref, version);
+    },
+    async listSecrets(p, input) {
+      await visibleStore(p, input.store);
+      return manager.list(input);
+    },
+    async updateSecret(p, ref, input) {
+      await visibleStore(p, ref.store);
+      if (input.value === undefined) return manager.update(ref, input);
+      const bytes = Buffer.byteLength(input.value);
+      return quotas.admit(ref.store, () => versionGrowth(ref, bytes), () => manager.update(ref, input));
+    },
+    async deleteSecret(p, ref) {
+      await visibleStore(p, ref.store);
+      return manager.delete(ref);
+    },
+    async rotateSecret(p, ref) {
+      await visibleStore(p, ref.store);
+      return quotas.admit(ref.store, () => versionGrowth(ref, 43), () => manager.rotate(ref));
+    },
+    async verifySecret(p, ref, value) {
+      await visibleStore(p, ref.store);
+      return manager.verify(ref, value);
+    },
+    async *watchSecrets(p, input, signal) {
+      await visibleStore(p, input.store);
+      yield* watchSecrets(storage, input, signal);
+    },
+
+    async createStore(p, input) {
+      validateStoreName(input.name, "name");
+      const description = validateDescription(input.description ?? "");
+      if (input.managedBy && p.kind !== "admin") {
+        throw invalidArgument("managed_by", "not_allowed", "only an admin can create a store for another service");
+      }
+      if (input.managedBy && !SERVICE_NAME.test(input.managedBy)) {
+        throw invalidArgument("managed_by", "pattern", "managed_by must be a service name: letters, digits, _ . -");
+      }
+      const rec = newStoreRecord({ name: input.name, description, managedBy: ownerFor(p, input.managedBy) }, clock.now());
+      return quotas.admit(rec.name, () => ({ stores: 1 }), async () => {
+        if (!(await storage.insertStore(rec))) {
+          throw new LatchkeyError("already_exists", `store "${rec.name}" already exists`, { reason: "STORE_EXISTS" });
+        }
+        storeCache.set(rec.name, { rec, at: clock.now() });
+        logger.info({ event: "store_created", store: rec.name, managed_by: rec.managedBy }, "store created");
+        return rec;
+      });
+    },
+    async getStore(p, name) {
+      return visibleStore(p, name, true);
+    },
+    async listStores(p, input) {
+      const limit = pageLimit(input.pageSize);
+      const managedBy = p.kind === "admin" ? undefined : p.kind === "service" ? p.service : null;
+      const rows = await storage.listStores({ after: decodePageToken(input.pageToken), limit: limit + 1, managedBy });
+      const { items, nextPageToken } = page(rows, limit, (r) => r.name);
+      return { stores: items.filter((r) => canSee(p, r)), nextPageToken };
+    },
+    async deleteStore(p, name, opts) {
+      validateStoreName(name, "name");
+      const rec = await storage.findStore(name);
+      // A store left half-purged by an interrupted purge stays deletable by whoever could see it.
+      if (!rec || !canSee(p, { ...rec, state: "active" })) throw storeNotFound(name);
+      if (name === DEFAULT_STORE) {
+        throw new LatchkeyError("failed_precondition", "the default store cannot be deleted", { reason: "DEFAULT_STORE" });
+      }
+      if (rec.state === "active") {
+        const held = await storage.usage(name);
+        if ((held.secrets > 0 || held.vars > 0) && !opts.purge) {
+          throw new LatchkeyError(
+            "failed_precondition",
+            `store "${name}" holds ${held.secrets} secrets and ${held.vars} vars: delete them, or purge the store`,
+            { reason: "STORE_NOT_EMPTY", httpStatus: 409 },
+          );
+        }
+      }
+      const purging: StoreRecord = { ...rec, state: "purging", updatedAt: clock.now(), revision: rec.revision + 1 };
+      if (rec.state === "active" && !(await storage.replaceStore(purging, rec.revision))) {
+        throw new LatchkeyError("aborted", `store "${name}" changed while being deleted; retry`);
+      }
+      storeCache.delete(name);
+      const removed = await purgeContents(name);
+      await storage.deleteStore(name, rec.state === "active" ? purging.revision : rec.revision);
+      logger.info({ event: "store_deleted", store: name, purged_secrets: removed.secrets, purged_vars: removed.vars }, "store deleted");
+      return removed;
+    },
+    async usage(p, store) {
+      if (store === undefined || store === "") {
+        if (p.kind !== "admin") {
+          throw new LatchkeyError("permission_denied", "usage of the whole service needs an admin token");
+        }
+        return { usage: await storage.usage(), limits: quotas.limits.global };
+      }
+      await visibleStore(p, store, true);
+      return { usage: await storage.usage(store), limits: quotas.limits.perStore };
+    },
+
+    async setVars(p, store, vars) {
+      if (vars.length === 0) throw invalidArgument("vars", "required", "at least one var is required");
+      if (vars.length > MAX_VARS_PER_CALL) {
+        throw invalidArgument("vars", "too_many", `at most ${MAX_VARS_PER_CALL} vars per call`);
+      }
+      const violations: Violation[] = [];
+      const seen = new Set<string>();
+      vars.forEach((v, i) => {
+        try {
+          validateVar(v.name, v.value, `vars[${i}]`);
+          if (seen.has(v.name)) throw invalidArgument(`vars[${i}].name`, "duplicate", `var "${v.name}" is given twice`);
+          seen.add(v.name);
+        } catch (err) {
+          if (err instanceof LatchkeyError) violations.push(...err.violations);
+          else throw err;
+        }
+      });
+      if (violations.length > 0) {
+        throw new LatchkeyError("invalid_argument", violations.map((v) => v.message).join("; "), { violations });
+      }
+      await visibleStore(p, store, true);
+      const now = clock.now();
+      const existing = await Promise.all(vars.map((v) => storage.findVar(store, v.name)));
+      const records = vars.map((v, i) => setVar(existing[i], store, v.name, v.value, now));
+      const growth = {
+        vars: existing.filter((e) => e === undefined).length,
+        bytes: records.reduce((n, r, i) => n + Buffer.byteLength(r.value) - Buffer.byteLength(existing[i]?.value ?? ""), 0),
+      };
+      await quotas.admit(store, () => growth, () => storage.putVars(records));
+      return records;
+    },
+    async getVar(p, store, name) {
+      await visibleStore(p, store);
+      const v = await storage.findVar(store, name);
+      if (!v) throw new LatchkeyError("not_found", `var "${name}" not found`, { reason: "VAR_NOT_FOUND" });
+      return v;
+    },
+    async listVars(p, input) {
+      await visibleStore(p, input.store);
+      const limit = pageLimit(input.pageSize);
+      const rows = await storage.listVars({
+        store: input.store,
+        prefix: input.prefix ?? "",
+        after: decodePageToken(input.pageToken),
+        limit: limit + 1,
+      });
+      const { items, nextPageToken } = page(rows, limit, (v) => v.name);
+      return { vars: items, nextPageToken };
+    },
+    async deleteVar(p, store, name) {
+      await visibleStore(p, store);
+      if (!(await storage.deleteVar(store, name))) {
+        throw new LatchkeyError("not_found", `var "${name}" not found`, { reason: "VAR_NOT_FOUND" });
+      }
+    },
+
+    async ensureDefaultStore() {
+      const rec = newStoreRecord({ name: DEFAULT_STORE, description: "the default store", managedBy: null }, clock.now());
+      await storage.insertStore(rec);
+    },
+  };
+}
