@@ -103,8 +103,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       serviceTokens.push({ service, token });
     }
   }
-  const allTokens = [...adminTokens, ...serviceTokens.map((s) => s.token)];
-  if (new Set(allTokens).size !== allTokens.length) problems.push("LATCHKEY_SERVICE_TOKENS: every token must be distinct");
+  if (new Set(adminTokens).size !== adminTokens.length) problems.push("LATCHKEY_ADMIN_TOKEN: a token is listed twice");
+  const serviceSet = new Set(serviceTokens.map((s) => s.token));
+  if (serviceSet.size !== serviceTokens.length || adminTokens.some((t) => serviceSet.has(t))) {
+    problems.push("LATCHKEY_SERVICE_TOKENS: every token must be distinct, and none may also be an admin token");
+  }
 
   const previousMasterKeys: Buffer[] = [];
   for (const text of list(env.LATCHKEY_PREVIOUS_MASTER_KEYS)) {
@@ -154,7 +157,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 function parseLimits(text: string | undefined, key: string, dims: readonly UsageDimension[], problems: string[]): Limits {
   const limits: Limits = {};
   for (const pair of list(text)) {
-    const [dim = "", value = ""] = pair.split("=");
+    const eq = pair.indexOf("=");
+    const dim = eq < 0 ? pair : pair.slice(0, eq);
+    const value = eq < 0 ? "" : pair.slice(eq + 1);
     if (!(dims as readonly string[]).includes(dim)) {
       problems.push(`${key}: "${dim}" is not one of ${dims.join(", ")}`);
     } else if (!/^\d{1,15}$/.test(value)) {

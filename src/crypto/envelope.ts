@@ -21,7 +21,13 @@ export function masterKeyFrom(key: Buffer): MasterKey {
  * copied onto another secret or version fails to open. Sealed form: `v1.<data key id>.<base64 nonce|ct|tag>`.
  */
 export interface Envelope {
-  seal(store: string, secretId: string, version: number, plaintext: Uint8Array): Promise<string>;
+  /**
+   * Seals under the store's active data key. `hint.keyId` prefers a given key of the store (new versions of a
+   * secret use the key of its latest version, so a process whose view of the store is stale cannot pick a key a
+   * purge destroyed); `hint.notBefore` refuses a cached active key created before that time (the store's creation)
+   * and re-reads the store's keys.
+   */
+  seal(store: string, secretId: string, version: number, plaintext: Uint8Array, hint?: SealHint): Promise<string>;
   open(store: string, secretId: string, version: number, sealed: string): Promise<Buffer>;
   /** Loads every data key of a store and checks the master key opens it (start-up check). */
   check(store: string): Promise<void>;
@@ -39,13 +45,30 @@ export function sealedSize(bytes: number): number {
   return "v1.".length + 16 + 1 + Math.ceil((12 + bytes + 16) / 3) * 4;
 }
 
+export interface SealHint {
+  readonly keyId?: string | undefined;
+  readonly notBefore?: number | undefined;
+}
+
+/** The data key id a sealed value names, or undefined for an empty (destroyed) one. */
+export function sealedKeyId(sealed: string): string | undefined {
+  const parts = sealed.split(".");
+  return parts.length === 3 && parts[0] === "v1" ? parts[1] : undefined;
+}
+
 /** SealedFormatError: a stored envelope is malformed or cannot be opened (wrong key, tampering). */
 export class EnvelopeError extends Error {
   override name = "EnvelopeError";
 }
 
+interface ActiveKey {
+  id: string;
+  key: Buffer;
+  createdAt: number;
+}
+
 interface StoreKeys {
-  active: { id: string; key: Buffer } | undefined;
+  active: ActiveKey | undefined;
   byId: Map<string, Buffer>;
 }
 
@@ -91,7 +114,7 @@ export function createEnvelope(deps: {
     for (const rec of records) {
       const key = unwrap(rec);
       keys.byId.set(rec.id, key);
-      keys.active = { id: rec.id, key };
+      keys.active = { id: rec.id, key, createdAt: rec.createdAt };
     }
     cache.set(store, keys);
     return keys;
@@ -108,10 +131,16 @@ export function createEnvelope(deps: {
     return p;
   }
 
-  const creating = new Map<string, Promise<{ id: string; key: Buffer }>>();
+  const creating = new Map<string, Promise<ActiveKey>>();
 
-  async function activeKey(store: string): Promise<{ id: string; key: Buffer }> {
-    const keys = await keysOf(store);
+  async function activeKey(store: string, notBefore: number | undefined): Promise<ActiveKey> {
+    let keys = await keysOf(store);
+    if (keys.active && notBefore !== undefined && keys.active.createdAt < notBefore) {
+      // Cached from before the store was (re)created: another process may have purged it since. Whatever the
+      // store holds now is right.
+      cache.delete(store);
+      keys = await keysOf(store);
+    }
     if (keys.active) return keys.active;
     // One creation per store at a time in this process; racing processes may each add one, and all of them open.
     let pending = creating.get(store);
@@ -122,7 +151,7 @@ export function createEnvelope(deps: {
     return pending;
   }
 
-  async function createKey(store: string): Promise<{ id: string; key: Buffer }> {
+  async function createKey(store: string): Promise<ActiveKey> {
     let keys = await keysOf(store);
     if (keys.active) return keys.active;
     const key = randomBytes(32);
@@ -135,26 +164,32 @@ export function createEnvelope(deps: {
     return keys.active;
   }
 
-  async function keyById(store: string, id: string): Promise<Buffer> {
+  async function keyById(store: string, id: string): Promise<Buffer | undefined> {
     let key = (await keysOf(store)).byId.get(id);
     if (key === undefined) {
       // Another process may have created the store's key since we cached it.
       cache.delete(store);
       key = (await keysOf(store)).byId.get(id);
     }
+    return key;
+  }
+
+  async function requireKey(store: string, id: string): Promise<Buffer> {
+    const key = await keyById(store, id);
     if (key === undefined) throw new EnvelopeError(`data key ${id} of store "${store}" not found`);
     return key;
   }
 
   return {
-    async seal(store, secretId, version, plaintext) {
-      const { id, key } = await activeKey(store);
+    async seal(store, secretId, version, plaintext, hint) {
+      const preferred = hint?.keyId === undefined ? undefined : await keyById(store, hint.keyId);
+      const { id, key } = preferred ? { id: hint?.keyId as string, key: preferred } : await activeKey(store, hint?.notBefore);
       return `v1.${id}.${seal(key, plaintext, valueAad(store, secretId, version)).toString("base64")}`;
     },
     async open(store, secretId, version, sealed) {
       const parts = sealed.split(".");
       if (parts.length !== 3 || parts[0] !== "v1") throw new EnvelopeError("unknown sealed value format");
-      const key = await keyById(store, parts[1] as string);
+      const key = await requireKey(store, parts[1] as string);
       try {
         return open(key, Buffer.from(parts[2] as string, "base64"), valueAad(store, secretId, version));
       } catch {

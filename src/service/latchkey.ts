@@ -115,9 +115,12 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
 
   return {
     async createSecret(p, input) {
-      await visibleStore(p, input.store, true);
+      const store = await visibleStore(p, input.store, true);
       const bytes = input.value === undefined ? 43 : Buffer.byteLength(input.value);
-      return quotas.admit(input.store, () => ({ secrets: 1, versions: 1, bytes: sealedSize(bytes) }), () => manager.create(input));
+      // A taken name grows nothing: let the insert report already_exists rather than the quota.
+      const growth = async () =>
+        (await storage.findSecret(input.store, input.name)) ? {} : { secrets: 1, versions: 1, bytes: sealedSize(bytes) };
+      return quotas.admit(input.store, growth, () => manager.create({ ...input, storeCreatedAt: store.createdAt }));
     },
     async getSecret(p, ref, version) {
       await visibleStore(p, ref.store);
@@ -239,15 +242,22 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
         throw new LatchkeyError("invalid_argument", violations.map((v) => v.message).join("; "), { violations });
       }
       await visibleStore(p, store, true);
-      const now = clock.now();
-      const existing = await Promise.all(vars.map((v) => storage.findVar(store, v.name)));
-      const records = vars.map((v, i) => setVar(existing[i], store, v.name, v.value, now));
-      const growth = {
-        vars: existing.filter((e) => e === undefined).length,
-        bytes: records.reduce((n, r, i) => n + Buffer.byteLength(r.value) - Buffer.byteLength(existing[i]?.value ?? ""), 0),
+      // Records and growth are worked out inside the quota queue, from what the store holds at that moment.
+      let records: VarRecord[] | undefined;
+      const prepare = async (): Promise<Partial<Usage>> => {
+        const existing = await Promise.all(vars.map((v) => storage.findVar(store, v.name)));
+        const now = clock.now();
+        records = vars.map((v, i) => setVar(existing[i], store, v.name, v.value, now));
+        return {
+          vars: existing.filter((e) => e === undefined).length,
+          bytes: records.reduce((n, r, i) => n + Buffer.byteLength(r.value) - Buffer.byteLength(existing[i]?.value ?? ""), 0),
+        };
       };
-      await quotas.admit(store, () => growth, () => storage.putVars(records));
-      return records;
+      return quotas.admit(store, prepare, async () => {
+        if (!records) await prepare();
+        await storage.putVars(records as VarRecord[]);
+        return records as VarRecord[];
+      });
     },
     async getVar(p, store, name) {
       await visibleStore(p, store);

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Envelope } from "../crypto/envelope.js";
+import { type Envelope, sealedKeyId } from "../crypto/envelope.js";
 import { invalidArgument, LatchkeyError, secretNotFound } from "../domain/errors.js";
 import {
   appendVersion,
@@ -39,6 +39,8 @@ export interface OpenedSecret {
 }
 
 export interface CreateSecretInput extends SecretRef {
+  /** When the store was created: keys older than that are from a purged incarnation of it. */
+  readonly storeCreatedAt?: number | undefined;
   readonly kind: SecretKind;
   readonly value?: string | undefined;
   readonly description?: string | undefined;
@@ -123,7 +125,9 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
   }
 
   async function sealNext(doc: SecretDocument, value: string): Promise<string> {
-    return envelope.seal(doc.store, doc.id, nextVersionNumber(doc), Buffer.from(value, "utf8"));
+    // The key of the latest version: never one a purge of the store destroyed behind this process's back.
+    const keyId = sealedKeyId(doc.versions[doc.versions.length - 1]?.sealed ?? "");
+    return envelope.seal(doc.store, doc.id, nextVersionNumber(doc), Buffer.from(value, "utf8"), { keyId });
   }
 
   /**
@@ -177,7 +181,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       else throw invalidArgument("value", "required", "value is required for manual secrets");
 
       const id = randomUUID();
-      const sealed = await envelope.seal(input.store, id, 1, Buffer.from(value, "utf8"));
+      const sealed = await envelope.seal(input.store, id, 1, Buffer.from(value, "utf8"), { notBefore: input.storeCreatedAt });
       const doc = newSecretDocument(
         {
           id,
