@@ -11,10 +11,10 @@ import type { Config } from "./config/config.js";
 import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope.js";
 import { DEFAULT_STORE } from "./domain/secret.js";
 import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
+import { instrumentRpcResponse } from "./http/rpc-instrument.js";
 import { createDualServer, type RequestHandler } from "./http/server.js";
 import { createLogger, type Logger } from "./log/logger.js";
 import { createRestApi } from "./rest/rest-api.js";
-import { codeName } from "./rpc/errors.js";
 import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
 import { createSecretServiceImpl } from "./rpc/secret-service.js";
 import { createStoreServiceImpl } from "./rpc/store-service.js";
@@ -143,7 +143,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     // known only by the grpc-status sent, so watch for it.
     const q = path.indexOf("?");
     info.operation = (q === -1 ? path : path.slice(0, q)).slice(1, 160);
-    watchGrpcStatus(res, info);
+    instrumentRpcResponse(res, info);
     rpc(req, res);
   };
 
@@ -185,30 +185,6 @@ export async function openStorage(config: Config, logger: Logger): Promise<Stora
     return createMongoStorage({ uri: config.mongodbUri, dbName: config.mongodbDb, logger });
   }
   return createSqliteStorage(join(config.dataDir, DB_FILE));
-}
-
-type GrpcStatusHeaders = Record<string, string | string[] | number | undefined> | undefined;
-
-/** Records the grpc-status a response carries (in trailers, or in headers for trailers-only responses). */
-function watchGrpcStatus(res: Parameters<RequestHandler>[1], info: RequestInfo): void {
-  const note = (h: GrpcStatusHeaders) => {
-    const status = h?.["grpc-status"];
-    if (info.code === undefined && status !== undefined) info.code = status === "0" ? "ok" : codeName(Number(status));
-  };
-  const r = res as unknown as {
-    writeHead: (status: number, headers?: GrpcStatusHeaders) => unknown;
-    addTrailers: (trailers: GrpcStatusHeaders) => void;
-  };
-  const writeHead = r.writeHead;
-  r.writeHead = function (this: unknown, status, headers) {
-    if (typeof headers === "object") note(headers);
-    return writeHead.call(this, status, headers);
-  };
-  const addTrailers = r.addTrailers;
-  r.addTrailers = function (this: unknown, trailers) {
-    note(trailers);
-    addTrailers.call(this, trailers);
-  };
 }
 
 /** The Connect code an HTTP status stands for, when nothing more precise was recorded. */

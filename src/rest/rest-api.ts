@@ -4,7 +4,7 @@ import type { AccessControl, Permission } from "../auth/access.js";
 import { type ErrorCode, invalidArgument, LatchkeyError } from "../domain/errors.js";
 import type { Principal } from "../domain/principal.js";
 import { currentVersion, DEFAULT_STORE, type SecretDocument, type SecretKind } from "../domain/secret.js";
-import type { StoreRecord } from "../domain/store.js";
+import { type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
 import type { RequestInfo } from "../http/request-info.js";
@@ -314,7 +314,7 @@ export function createRestApi(deps: {
     GET: {
       operation: "GET /v1/stores/{store}/usage",
       permission: "manage",
-      run: async ({ res, principal, store }) => json(res, 200, usageView(await lk.usage(principal, store), store)),
+      run: async ({ res, principal, store }) => json(res, 200, usageView(await lk.usage(principal, validateStoreName(store)), store)),
     },
   };
   const vars: RouteTable = {
@@ -339,16 +339,7 @@ export function createRestApi(deps: {
         const body = await readObject(req, ["vars"]);
         const list = body.vars;
         if (!Array.isArray(list)) throw invalidArgument("vars", "type", "vars must be an array of {name, value}");
-        const input = list.map((v, i) => {
-          if (typeof v !== "object" || v === null || Array.isArray(v)) {
-            throw invalidArgument(`vars[${i}]`, "type", `vars[${i}] must be an object with name and value`);
-          }
-          const o = v as Record<string, unknown>;
-          for (const k of Object.keys(o)) {
-            if (k !== "name" && k !== "value") throw invalidArgument(`vars[${i}].${k.slice(0, 64)}`, "unknown_field", `unknown field "${k.slice(0, 64)}"`);
-          }
-          return { name: requiredString(o, "name", `vars[${i}].name`), value: requiredString(o, "value", `vars[${i}].value`, true) };
-        });
+        const input: unknown[] = list;
         json(res, 200, { vars: (await lk.setVars(principal, store, input)).map(varView) });
       },
     },
@@ -364,7 +355,8 @@ export function createRestApi(deps: {
       permission: "manage",
       run: async ({ req, res, principal, store, name }) => {
         const body = await readObject(req, ["value"]);
-        const [rec] = await lk.setVars(principal, store, [{ name, value: requiredString(body, "value", "value", true) }]);
+        if (typeof body.value !== "string") throw invalidArgument("value", body.value === undefined ? "required" : "type", "value must be a string");
+        const [rec] = await lk.setVars(principal, store, [{ name, value: body.value }]);
         json(res, 200, varView(rec as VarRecord));
       },
     },

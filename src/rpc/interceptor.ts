@@ -45,7 +45,7 @@ export function createRpcInterceptor(deps: { access: AccessControl; logger: Logg
           } catch (err) {
             const ce = toConnectError(err, requestId, logger);
             if (info) info.code = codeName(ce.code);
-            ce.metadata.set("x-request-id", requestId);
+            // The response trailer already carries x-request-id, and the error's metadata is added to it.
             throw ce;
           }
         })(),

@@ -1,11 +1,11 @@
 import type { Envelope } from "../crypto/envelope.js";
 import { sealedSize } from "../crypto/envelope.js";
-import { invalidArgument, LatchkeyError, storeNotFound, type Violation } from "../domain/errors.js";
+import { invalidArgument, LatchkeyError, storeNotFound } from "../domain/errors.js";
 import { canSee, ownerFor, type Principal } from "../domain/principal.js";
 import { DEFAULT_STORE, type SecretDocument, validateDescription } from "../domain/secret.js";
 import { newStoreRecord, type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
-import { setVar, validateVar, type VarRecord } from "../domain/vars.js";
+import { checkVarList, setVar, type VarRecord } from "../domain/vars.js";
 import type { Logger } from "../log/logger.js";
 import type { Clock } from "../scheduler/clock.js";
 import type { Storage } from "../storage/storage.js";
@@ -46,7 +46,8 @@ export interface Latchkey {
   deleteStore(p: Principal, name: string, opts: { purge: boolean }): Promise<{ secrets: number; vars: number }>;
   usage(p: Principal, store?: string): Promise<{ usage: Usage; limits: Limits }>;
 
-  setVars(p: Principal, store: string, vars: readonly { name: string; value: string }[]): Promise<VarRecord[]>;
+  /** Sets one or many vars, all or none; `vars` may be of any shape (decoded JSON): every problem is reported. */
+  setVars(p: Principal, store: string, vars: readonly unknown[]): Promise<VarRecord[]>;
   getVar(p: Principal, store: string, name: string): Promise<VarRecord>;
   listVars(
     p: Principal,
@@ -70,7 +71,6 @@ export interface LatchkeyDeps {
 
 /** Store records change rarely (ownership never): reads use a short-lived cache; writes check the store afresh. */
 const STORE_CACHE_MS = 5000;
-const MAX_VARS_PER_CALL = 1000;
 const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
 export function createLatchkey(deps: LatchkeyDeps): Latchkey {
@@ -149,8 +149,24 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return manager.verify(ref, value);
     },
     async *watchSecrets(p, input, signal) {
-      await visibleStore(p, input.store);
-      yield* watchSecrets(storage, input, signal);
+      const start = await visibleStore(p, input.store, true);
+      for await (const ev of watchSecrets(storage, input, signal)) {
+        // The watch ends with its store: the store is re-read for every event (one indexed read), so a store
+        // purged and re-created under the same name, perhaps for another owner, is never watched through.
+        if (ev.change) {
+          const now = await storage.findStore(input.store);
+          if (!now || now.createdAt !== start.createdAt || !canSee(p, now)) {
+            // The purge of this very store reports each secret's deletion; anything else ends the watch.
+            const purging = !now || (now.createdAt === start.createdAt && now.state === "purging");
+            if (purging && ev.type === "deleted") {
+              yield ev;
+              continue;
+            }
+            throw storeNotFound(input.store);
+          }
+        }
+        yield ev;
+      }
     },
 
     async createStore(p, input) {
@@ -221,26 +237,8 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return { usage: await storage.usage(store), limits: quotas.limits.perStore };
     },
 
-    async setVars(p, store, vars) {
-      if (vars.length === 0) throw invalidArgument("vars", "required", "at least one var is required");
-      if (vars.length > MAX_VARS_PER_CALL) {
-        throw invalidArgument("vars", "too_many", `at most ${MAX_VARS_PER_CALL} vars per call`);
-      }
-      const violations: Violation[] = [];
-      const seen = new Set<string>();
-      vars.forEach((v, i) => {
-        try {
-          validateVar(v.name, v.value, `vars[${i}]`);
-          if (seen.has(v.name)) throw invalidArgument(`vars[${i}].name`, "duplicate", `var "${v.name}" is given twice`);
-          seen.add(v.name);
-        } catch (err) {
-          if (err instanceof LatchkeyError) violations.push(...err.violations);
-          else throw err;
-        }
-      });
-      if (violations.length > 0) {
-        throw new LatchkeyError("invalid_argument", violations.map((v) => v.message).join("; "), { violations });
-      }
+    async setVars(p, store, input) {
+      const vars = checkVarList(input);
       await visibleStore(p, store, true);
       // Records and growth are worked out inside the quota queue, from what the store holds at that moment.
       let records: VarRecord[] | undefined;
