@@ -105,7 +105,7 @@ async function main(): Promise<void> {
     for await (const item of storage.changes({ signal: ac.signal })) {
       if (item.op !== "update") continue;
       const ev = item as ChangeEvent;
-      if (ev.versionCreatedAt !== ev.at) {
+      if (ev.change !== "rotated") {
         if (ev.nextRotationAt !== null) scheduledFor.set(ev.id, ev.nextRotationAt);
         continue; // a schedule change, not a rotation
       }

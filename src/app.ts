@@ -68,7 +68,14 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     storage,
     clock,
   });
-  const manager = createSecretManager({ storage, envelope, clock, logger, maxVersions: config.maxVersions });
+  const manager = createSecretManager({
+    storage,
+    envelope,
+    clock,
+    logger,
+    maxVersions: config.maxVersions,
+    deleteRetentionSeconds: config.deleteRetentionSeconds,
+  });
   const latchkey = createLatchkey({
     storage,
     manager,
@@ -88,7 +95,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     throw err;
   }
 
-  const scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.rotateIfDue(doc), clock, logger });
+  const scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.runDue(doc), clock, logger });
 
   const access = createAccessControl({
     adminTokens,
@@ -118,7 +125,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     },
     interceptors: [createRpcInterceptor({ access, logger })],
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
-    readMaxBytes: 1024 * 1024,
+    // Batches carry up to 100 values of up to 64 KiB.
+    readMaxBytes: 8 * 1024 * 1024,
     jsonOptions: { ignoreUnknownFields: false },
   });
 

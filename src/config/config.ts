@@ -30,6 +30,8 @@ export interface Config {
   readonly serviceTokens: readonly { readonly service: string; readonly token: string }[];
   /** Earlier master keys whose data keys are re-wrapped at start (LATCHKEY_PREVIOUS_MASTER_KEYS, comma-separated). */
   readonly previousMasterKeys: readonly Buffer[];
+  /** How long a deleted secret stays restorable, in seconds; 0 deletes for good at once (LATCHKEY_DELETE_RETENTION, default 7 days). */
+  readonly deleteRetentionSeconds: number;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
   readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
@@ -116,6 +118,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     else previousMasterKeys.push(decoded);
   }
 
+  const retentionText = str("LATCHKEY_DELETE_RETENTION", "604800");
+  const deleteRetentionSeconds = Number(retentionText);
+  if (!/^\d{1,10}$/.test(retentionText) || deleteRetentionSeconds > 315_360_000) {
+    problems.push(`LATCHKEY_DELETE_RETENTION: "${retentionText}" must be a whole number of seconds (0 to 315360000)`);
+  }
+
   const quotas = {
     global: parseLimits(env.LATCHKEY_QUOTAS, "LATCHKEY_QUOTAS", ["stores", "secrets", "versions", "vars", "bytes"], problems),
     perStore: parseLimits(env.LATCHKEY_STORE_QUOTAS, "LATCHKEY_STORE_QUOTAS", ["secrets", "versions", "vars", "bytes"], problems),
@@ -149,6 +157,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     mongodbDb,
     serviceTokens: Object.freeze(serviceTokens),
     previousMasterKeys: Object.freeze(previousMasterKeys),
+    deleteRetentionSeconds,
     quotas: Object.freeze({ global: Object.freeze(quotas.global), perStore: Object.freeze(quotas.perStore) }),
   });
 }

@@ -3,14 +3,26 @@ import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { AccessControl, Permission } from "../auth/access.js";
 import { type ErrorCode, invalidArgument, LatchkeyError } from "../domain/errors.js";
 import type { Principal } from "../domain/principal.js";
-import { currentVersion, DEFAULT_STORE, type SecretDocument, type SecretKind } from "../domain/secret.js";
+import {
+  currentVersion,
+  DEFAULT_STORE,
+  isExpired,
+  type SecretDocument,
+  type SecretKind,
+  type SecretType,
+  VERSION_STATES,
+  type VersionRecord,
+  type VersionState,
+  validVersions,
+} from "../domain/secret.js";
 import { type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
 import type { Latchkey } from "../service/latchkey.js";
-import type { OpenedSecret } from "../service/secret-manager.js";
+import type { BatchItem, BatchResult, OpenedSecret } from "../service/secret-manager.js";
+import type { ListState } from "../storage/storage.js";
 
 export type HttpRequest = IncomingMessage | Http2ServerRequest;
 export type HttpResponse = ServerResponse | Http2ServerResponse;
@@ -44,6 +56,8 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
 };
 
 const MAX_BODY = 256 * 1024;
+/** Batches carry up to 100 values of up to 64 KiB (binary, base64): a larger limit for them. */
+const BATCH_BODY = 12 * 1024 * 1024;
 const LIST_PAGE = 1000;
 
 interface RouteContext {
@@ -52,6 +66,8 @@ interface RouteContext {
   readonly principal: Principal;
   readonly store: string;
   readonly name: string;
+  /** The version number in `.../versions/{n}` paths. */
+  readonly version: number;
   readonly query: URLSearchParams;
 }
 
@@ -68,34 +84,68 @@ export function isoTime(ms: number): string {
   return new Date(ms).toISOString().replace("Z", "+00:00");
 }
 
-/** REST's view of a secret with one value: seed 003's SecretValue. */
+const isoOrNull = (ms: number | null | undefined) => (ms === null || ms === undefined ? null : isoTime(ms));
+
+/** REST's view of a secret with one value: seed 003's SecretValue (`value_base64` instead of `value` for bytes). */
 function secretValue(s: OpenedSecret) {
   return {
     name: s.doc.name,
     kind: s.doc.kind,
     version: s.version.version,
-    value: s.value,
+    ...(s.binaryValue ? { value_base64: s.binaryValue.toString("base64") } : { value: s.value }),
     created_at: isoTime(s.version.createdAt),
   };
 }
 
 /** REST's view of a secret's metadata. Never a value. */
-export function secretMetadata(doc: SecretDocument) {
+export function secretMetadata(doc: SecretDocument, now = Date.now()) {
   const current = currentVersion(doc);
   return {
     id: doc.id,
     store: doc.store,
     name: doc.name,
     kind: doc.kind,
+    type: doc.type,
     description: doc.description,
-    version: current.version,
+    folder: doc.folder,
+    tags: doc.tags,
+    metadata: doc.metadata,
+    version: current?.version ?? null,
+    binary: current?.binary ?? false,
     rotation_interval_secs: doc.rotation?.intervalSeconds ?? null,
     grace_period_secs: doc.gracePeriodSeconds,
-    next_rotation_at: doc.rotation ? isoTime(doc.rotation.nextRotationAt) : null,
-    last_rotated_at: isoTime(current.createdAt),
+    next_rotation_at: doc.rotation && !doc.deletion ? isoTime(doc.rotation.nextRotationAt) : null,
+    last_rotated_at: isoOrNull(current?.createdAt),
+    expires_at: isoOrNull(doc.expiresAt),
+    expired: isExpired(doc, now),
+    ...(doc.deletion ? { deleted_at: isoTime(doc.deletion.deletedAt), purge_at: isoTime(doc.deletion.purgeAt) } : {}),
     created_at: isoTime(doc.createdAt),
     updated_at: isoTime(doc.updatedAt),
     revision: doc.revision,
+  };
+}
+
+/** REST's view of a version. Never a value. */
+function versionView(v: VersionRecord, doc: SecretDocument, now = Date.now()) {
+  return {
+    version: v.version,
+    state: v.state,
+    binary: v.binary,
+    current: currentVersion(doc) === v,
+    valid: validVersions(doc, now).includes(v),
+    created_at: isoTime(v.createdAt),
+    valid_until: isoOrNull(v.validUntil),
+  };
+}
+
+function batchView(r: BatchResult) {
+  return {
+    name: r.name,
+    ok: r.ok,
+    ...(r.created === undefined ? {} : { created: r.created }),
+    ...(r.version === undefined ? {} : { version: r.version }),
+    ...(r.revision === undefined ? {} : { revision: r.revision }),
+    ...(r.error ? { error: r.error } : {}),
   };
 }
 
@@ -148,16 +198,28 @@ export function createRestApi(deps: {
         operation: `POST ${prefix}`,
         permission: "manage",
         run: async ({ req, res, principal, store }) => {
-          const body = await readObject(req, ["name", "kind", "value", "description", "rotation_interval_secs", "grace_period_secs"]);
+          const body = await readObject(req, [
+            "name",
+            "kind",
+            "value",
+            "value_base64",
+            "description",
+            "type",
+            "folder",
+            "tags",
+            "metadata",
+            "expires_at",
+            "rotation_interval_secs",
+            "grace_period_secs",
+          ]);
           const created = await lk.createSecret(principal, {
             store,
             name: requiredString(body, "name"),
             kind: kindOf(body) ?? "manual",
-            value: optionalString(body, "value"),
-            description: optionalString(body, "description"),
-            rotationIntervalSeconds: optionalInt(body, "rotation_interval_secs"),
-            gracePeriodSeconds: optionalInt(body, "grace_period_secs"),
+            ...valueOf(body),
+            ...metadataOf(body),
           });
+          res.setHeader("etag", etag(created.doc.revision));
           json(res, 201, secretValue(created));
         },
       },
@@ -165,21 +227,23 @@ export function createRestApi(deps: {
         operation: `GET ${prefix}`,
         permission: "manage",
         run: async ({ res, principal, store, query }) => {
-          const prefixFilter = query.get("prefix") ?? undefined;
+          const filters = {
+            store,
+            prefix: query.get("prefix") ?? undefined,
+            folder: query.get("folder") ?? undefined,
+            tag: query.get("tag") ?? undefined,
+            state: listStateOf(query.get("state")),
+          };
           const limit = limitOf(query);
           if (limit !== undefined) {
-            const page = await lk.listSecrets(principal, {
-              store,
-              prefix: prefixFilter,
-              pageSize: limit,
-              pageToken: query.get("cursor") ?? undefined,
-            });
+            const page = await lk.listSecrets(principal, { ...filters, pageSize: limit, pageToken: query.get("cursor") ?? undefined });
             if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
-            json(res, 200, page.docs.map(secretMetadata));
+            if (page.prevPageToken) res.setHeader("x-prev-cursor", page.prevPageToken);
+            json(res, 200, page.docs.map((d) => secretMetadata(d)));
             return;
           }
           // No limit: every secret, as seed 003 says, streamed page by page so memory stays flat.
-          let page = await lk.listSecrets(principal, { store, prefix: prefixFilter, pageSize: LIST_PAGE });
+          let page = await lk.listSecrets(principal, { ...filters, pageSize: LIST_PAGE });
           res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
           let first = true;
           for (;;) {
@@ -188,9 +252,49 @@ export function createRestApi(deps: {
               first = false;
             }
             if (!page.nextPageToken) break;
-            page = await lk.listSecrets(principal, { store, prefix: prefixFilter, pageSize: LIST_PAGE, pageToken: page.nextPageToken });
+            page = await lk.listSecrets(principal, { ...filters, pageSize: LIST_PAGE, pageToken: page.nextPageToken });
           }
           res.end(first ? "[]" : "]");
+        },
+      },
+    };
+    const batchSet: RouteTable = {
+      POST: {
+        operation: `POST ${prefix}:batchSet`,
+        permission: "manage",
+        run: async ({ req, res, principal, store }) => {
+          const body = await readObject(req, ["items", "atomic"], false, BATCH_BODY);
+          if (!Array.isArray(body.items)) throw invalidArgument("items", "type", "items must be an array");
+          const items = body.items.map((raw, i) => batchItemOf(raw, i));
+          const results = await lk.batchUpsert(principal, store, items, optionalBool(body, "atomic") ?? true);
+          json(res, results.every((r) => r.ok) ? 200 : 207, { results: results.map(batchView) });
+        },
+      },
+    };
+    const batchGet: RouteTable = {
+      POST: {
+        operation: `POST ${prefix}:batchGet`,
+        permission: "read",
+        run: async ({ req, res, principal, store }) => {
+          const body = await readObject(req, ["names"]);
+          const results = await lk.batchGet(principal, store, stringList(body, "names"));
+          json(res, 200, {
+            results: results.map((r) => (r.secret ? { ok: true, ...secretValue(r.secret) } : { name: r.name, ok: false, error: r.error })),
+          });
+        },
+      },
+    };
+    const batchDelete: RouteTable = {
+      POST: {
+        operation: `POST ${prefix}:batchDelete`,
+        permission: "manage",
+        run: async ({ req, res, principal, store }) => {
+          const body = await readObject(req, ["names", "atomic", "purge"]);
+          const results = await lk.batchDelete(principal, store, stringList(body, "names"), {
+            atomic: optionalBool(body, "atomic") ?? true,
+            purge: optionalBool(body, "purge") ?? false,
+          });
+          json(res, results.every((r) => r.ok) ? 200 : 207, { results: results.map(batchView) });
         },
       },
     };
@@ -203,55 +307,119 @@ export function createRestApi(deps: {
           if (v !== null && !/^[1-9]\d{0,9}$/.test(v)) {
             throw invalidArgument("version", "out_of_range", "version must be a positive whole number");
           }
-          json(res, 200, secretValue(await lk.getSecret(principal, { store, name }, v === null ? undefined : Number(v))));
+          const got = await lk.getSecret(principal, { store, name }, v === null ? undefined : Number(v));
+          res.setHeader("etag", etag(got.doc.revision));
+          json(res, 200, secretValue(got));
         },
       },
       PUT: {
         operation: `PUT ${prefix}/{name}`,
         permission: "manage",
         run: async ({ req, res, principal, store, name }) => {
-          const body = await readObject(req, ["value", "description", "kind", "rotation_interval_secs", "grace_period_secs"]);
+          const body = await readObject(req, [
+            "value",
+            "value_base64",
+            "description",
+            "kind",
+            "type",
+            "folder",
+            "tags",
+            "metadata",
+            "expires_at",
+            "rotation_interval_secs",
+            "grace_period_secs",
+            "expected_revision",
+          ]);
           const doc = await lk.updateSecret(principal, { store, name }, {
-            value: optionalString(body, "value"),
-            description: optionalString(body, "description"),
+            ...valueOf(body),
+            ...metadataOf(body),
             kind: kindOf(body),
-            rotationIntervalSeconds: optionalInt(body, "rotation_interval_secs"),
-            gracePeriodSeconds: optionalInt(body, "grace_period_secs"),
+            expectedRevision: expectedRevisionOf(req, body),
           });
+          res.setHeader("etag", etag(doc.revision));
           json(res, 200, secretMetadata(doc));
         },
       },
       DELETE: {
         operation: `DELETE ${prefix}/{name}`,
         permission: "manage",
-        run: async ({ res, principal, store, name }) => {
-          await lk.deleteSecret(principal, { store, name });
+        run: async ({ req, res, principal, store, name, query }) => {
+          await lk.deleteSecret(principal, { store, name }, {
+            purge: boolParam(query, "purge"),
+            expectedRevision: expectedRevisionOf(req, {}),
+          });
           noContent(res);
         },
       },
     };
-    const rotate: RouteTable = {
+    const action = (suffix: string, permission: Permission, fields: string[], run: (ctx: RouteContext, body: Record<string, unknown>) => Promise<void>): RouteTable => ({
       POST: {
-        operation: `POST ${prefix}/{name}/rotate`,
+        operation: `POST ${prefix}/{name}/${suffix}`,
+        permission,
+        run: async (ctx) => run(ctx, await readObject(ctx.req, fields, true)),
+      },
+    });
+    const rotate = action("rotate", "manage", ["previous_state", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+      const prev = optionalString(body, "previous_state");
+      if (prev !== undefined && (!isVersionState(prev) || prev === "active")) {
+        throw invalidArgument("previous_state", "enum", "previous_state must be deactivated, suspended, compromised or destroyed");
+      }
+      const rotated = await lk.rotateSecret(principal, { store, name }, {
+        previousState: prev as Exclude<VersionState, "active"> | undefined,
+        expectedRevision: expectedRevisionOf(req, body),
+      });
+      res.setHeader("etag", etag(rotated.doc.revision));
+      json(res, 200, secretValue(rotated));
+    });
+    const verify = action("verify", "read", ["value", "value_base64"], async ({ res, principal, store, name }, body) => {
+      const given = valueOf(body);
+      if (given.value === undefined && given.binaryValue === undefined) throw invalidArgument("value", "required", "value is required");
+      const result = await lk.verifySecret(principal, { store, name }, given);
+      json(res, 200, { valid: result.valid, version: result.valid ? result.version : null });
+    });
+    const undelete = action("undelete", "manage", ["id"], async ({ res, principal, store, name }, body) => {
+      json(res, 200, secretMetadata(await lk.undeleteSecret(principal, { store, name }, { id: optionalString(body, "id") })));
+    });
+    const copy = action("copy", "manage", ["to_store", "to_name"], async ({ res, principal, store, name }, body) => {
+      const to = { store: optionalString(body, "to_store") ?? store, name: requiredString(body, "to_name") };
+      const copied = await lk.copySecret(principal, { store, name }, to);
+      json(res, 201, secretMetadata(copied.doc));
+    });
+    const renameRoute = action("rename", "manage", ["new_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+      const doc = await lk.renameSecret(principal, { store, name }, requiredString(body, "new_name"), expectedRevisionOf(req, body));
+      json(res, 200, secretMetadata(doc));
+    });
+    const moveRoute = action("move", "manage", ["to_store", "to_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+      const to = { store: requiredString(body, "to_store"), name: optionalString(body, "to_name") ?? name };
+      json(res, 200, secretMetadata(await lk.moveSecret(principal, { store, name }, to, expectedRevisionOf(req, body))));
+    });
+    const versions: RouteTable = {
+      GET: {
+        operation: `GET ${prefix}/{name}/versions`,
         permission: "manage",
-        run: async ({ req, res, principal, store, name }) => {
-          await readObject(req, [], true);
-          json(res, 200, secretValue(await lk.rotateSecret(principal, { store, name })));
+        run: async ({ res, principal, store, name }) => {
+          const doc = await lk.listVersions(principal, { store, name });
+          res.setHeader("etag", etag(doc.revision));
+          json(res, 200, { name: doc.name, revision: doc.revision, versions: doc.versions.map((v) => versionView(v, doc)) });
         },
       },
     };
-    const verify: RouteTable = {
-      POST: {
-        operation: `POST ${prefix}/{name}/verify`,
-        permission: "read",
-        run: async ({ req, res, principal, store, name }) => {
-          const body = await readObject(req, ["value"]);
-          const result = await lk.verifySecret(principal, { store, name }, requiredString(body, "value"));
-          json(res, 200, { valid: result.valid, version: result.valid ? result.version : null });
+    const version: RouteTable = {
+      PUT: {
+        operation: `PUT ${prefix}/{name}/versions/{version}`,
+        permission: "manage",
+        run: async ({ req, res, principal, store, name, version: n }) => {
+          const body = await readObject(req, ["state", "expected_revision"]);
+          const state = requiredString(body, "state");
+          if (!isVersionState(state)) throw invalidArgument("state", "enum", `state must be one of ${VERSION_STATES.join(", ")}`);
+          const doc = await lk.setVersionState(principal, { store, name }, n, state, expectedRevisionOf(req, body));
+          const v = doc.versions.find((x) => x.version === n) as VersionRecord;
+          res.setHeader("etag", etag(doc.revision));
+          json(res, 200, versionView(v, doc));
         },
       },
     };
-    return { collection, item, rotate, verify };
+    return { collection, batchSet, batchGet, batchDelete, item, rotate, verify, undelete, copy, rename: renameRoute, move: moveRoute, versions, version };
   }
 
   const defaultSecrets = secretRoutes("/v1/secrets");
@@ -371,14 +539,16 @@ export function createRestApi(deps: {
   };
 
   /** Finds the route table for a path, with the store and name it names. */
-  function match(path: string): { table: RouteTable; store: string; name: string } | undefined {
+  function match(path: string): { table: RouteTable; store: string; name: string; version?: number } | undefined {
     const h = health[path];
     if (h) return { table: h, store: "", name: "" };
     if (!path.startsWith("/v1/")) return undefined;
     const segs = path.slice(4).split("/");
     if (segs[segs.length - 1] === "" && segs.length > 1) segs.pop(); // one trailing slash
     const [head, ...rest] = segs;
-    if (head === "secrets") return secretMatch(defaultSecrets, DEFAULT_STORE, rest);
+    if (head === "secrets" || head?.startsWith("secrets:")) {
+      return secretMatch(defaultSecrets, DEFAULT_STORE, rest, head.slice("secrets:".length));
+    }
     if (head === "usage" && rest.length === 0) return { table: usage, store: "", name: "" };
     if (head !== "stores") return undefined;
     if (rest.length === 0) return { table: stores, store: "", name: "" };
@@ -386,7 +556,9 @@ export function createRestApi(deps: {
     const [kind, ...tail] = rest.slice(1);
     if (kind === undefined) return { table: store, store: storeName, name: "" };
     if (kind === "usage" && tail.length === 0) return { table: storeUsage, store: storeName, name: "" };
-    if (kind === "secrets") return secretMatch(storeSecrets, storeName, tail);
+    if (kind === "secrets" || kind.startsWith("secrets:")) {
+      return secretMatch(storeSecrets, storeName, tail, kind.slice("secrets:".length));
+    }
     if (kind === "vars") {
       if (tail.length === 0) return { table: vars, store: storeName, name: "" };
       return { table: varItem, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/") };
@@ -394,15 +566,34 @@ export function createRestApi(deps: {
     return undefined;
   }
 
-  function secretMatch(routes: ReturnType<typeof secretRoutes>, storeName: string, tail: string[]) {
-    if (tail.length === 0) return { table: routes.collection, store: storeName, name: "" };
-    const last = tail[tail.length - 1];
+  /** The route a path below `.../secrets` names: the collection, a batch method, or a secret and an action. */
+  function secretMatch(routes: ReturnType<typeof secretRoutes>, storeName: string, tail: string[], method: string) {
+    if (method !== "") {
+      const batch = { batchSet: routes.batchSet, batchGet: routes.batchGet, batchDelete: routes.batchDelete }[method];
+      return batch && tail.length === 0 ? { table: batch, store: storeName, name: "", version: 0 } : undefined;
+    }
+    if (tail.length === 0) return { table: routes.collection, store: storeName, name: "", version: 0 };
+    const last = tail[tail.length - 1] as string;
     let table = routes.item;
-    if (tail.length > 1 && (last === "rotate" || last === "verify")) {
-      table = last === "rotate" ? routes.rotate : routes.verify;
+    let version = 0;
+    const actions: Record<string, RouteTable> = {
+      rotate: routes.rotate,
+      verify: routes.verify,
+      undelete: routes.undelete,
+      copy: routes.copy,
+      rename: routes.rename,
+      move: routes.move,
+      versions: routes.versions,
+    };
+    if (tail.length > 2 && tail[tail.length - 2] === "versions" && /^[1-9]\d{0,9}$/.test(last)) {
+      table = routes.version;
+      version = Number(last);
+      tail = tail.slice(0, -2);
+    } else if (tail.length > 1 && actions[last]) {
+      table = actions[last] as RouteTable;
       tail = tail.slice(0, -1);
     }
-    return { table, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/") };
+    return { table, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/"), version };
   }
 
   return {
@@ -436,7 +627,7 @@ export function createRestApi(deps: {
           ip: info.ip,
         });
         info.principal = principal;
-        await route.run({ req, res, principal, store: found.store, name: found.name, query });
+        await route.run({ req, res, principal, store: found.store, name: found.name, version: found.version ?? 0, query });
         info.code = "ok";
       } catch (err) {
         const e = toHttpError(err, info.id, logger);
@@ -534,12 +725,17 @@ function writeChunk(res: HttpResponse, chunk: string): void {
  * Reads a JSON object body of at most MAX_BODY bytes, whatever the content type (curl -d sends a form type).
  * Fields other than `allowed` are rejected, so a misspelt field is an error rather than silently ignored.
  */
-async function readObject(req: HttpRequest, allowed: readonly string[], optional = false): Promise<Record<string, unknown>> {
+async function readObject(
+  req: HttpRequest,
+  allowed: readonly string[],
+  optional = false,
+  maxBytes = MAX_BODY,
+): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > MAX_BODY) throw new BodyError(413, "resource_exhausted", `request body is larger than ${MAX_BODY} bytes`);
+    if (size > maxBytes) throw new BodyError(413, "resource_exhausted", `request body is larger than ${maxBytes} bytes`);
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString("utf8");
@@ -583,6 +779,124 @@ function optionalInt(body: Record<string, unknown>, field: string): number | und
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "number" || !Number.isSafeInteger(v)) throw invalidArgument(field, "type", `${field} must be a whole number`);
   return v;
+}
+
+function optionalBool(body: Record<string, unknown>, field: string): boolean | undefined {
+  const v = body[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "boolean") throw invalidArgument(field, "type", `${field} must be true or false`);
+  return v;
+}
+
+function boolParam(query: URLSearchParams, name: string): boolean {
+  const v = query.get(name);
+  if (v === null || v === "false") return false;
+  if (v === "true") return true;
+  throw invalidArgument(name, "type", `${name} must be true or false`);
+}
+
+function stringList(body: Record<string, unknown>, field: string): string[] {
+  const v = body[field];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) {
+    throw invalidArgument(field, "type", `${field} must be an array of strings`);
+  }
+  return v as string[];
+}
+
+function stringMap(body: Record<string, unknown>, field: string): Record<string, string> | undefined {
+  const v = body[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "object" || Array.isArray(v) || !Object.values(v).every((x) => typeof x === "string")) {
+    throw invalidArgument(field, "type", `${field} must be an object of strings`);
+  }
+  return v as Record<string, string>;
+}
+
+/** A time in RFC 3339; null clears it. */
+function timeOf(body: Record<string, unknown>, field: string): number | null | undefined {
+  const v = body[field];
+  if (v === undefined) return undefined;
+  if (v === null) return null;
+  const ms = typeof v === "string" ? Date.parse(v) : Number.NaN;
+  if (Number.isNaN(ms)) throw invalidArgument(field, "type", `${field} must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z`);
+  return ms;
+}
+
+/** `value` (text) or `value_base64` (bytes). */
+function valueOf(body: Record<string, unknown>): { value?: string; binaryValue?: Buffer } {
+  const value = optionalString(body, "value");
+  const b64 = optionalString(body, "value_base64");
+  if (value !== undefined && b64 !== undefined) throw invalidArgument("value_base64", "exclusive", "give value or value_base64, not both");
+  if (b64 === undefined) return value === undefined ? {} : { value };
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) {
+    throw invalidArgument("value_base64", "encoding", "value_base64 must be standard base64");
+  }
+  return { binaryValue: Buffer.from(b64, "base64") };
+}
+
+function metadataOf(body: Record<string, unknown>) {
+  const type = optionalString(body, "type");
+  if (type !== undefined && type !== "secret" && type !== "token") throw invalidArgument("type", "enum", 'type must be "secret" or "token"');
+  const tags = body.tags === undefined || body.tags === null ? undefined : stringList(body, "tags");
+  return {
+    description: optionalString(body, "description"),
+    type: type as SecretType | undefined,
+    folder: optionalString(body, "folder"),
+    tags,
+    metadata: stringMap(body, "metadata"),
+    expiresAt: timeOf(body, "expires_at"),
+    rotationIntervalSeconds: optionalInt(body, "rotation_interval_secs"),
+    gracePeriodSeconds: optionalInt(body, "grace_period_secs"),
+  };
+}
+
+function batchItemOf(raw: unknown, i: number): BatchItem {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw invalidArgument(`items[${i}]`, "type", `items[${i}] must be an object`);
+  }
+  const body = raw as Record<string, unknown>;
+  const allowed = new Set(["name", "kind", "value", "value_base64", "description", "type", "folder", "tags", "metadata", "expires_at", "rotation_interval_secs", "grace_period_secs", "expected_revision"]);
+  for (const k of Object.keys(body)) {
+    if (!allowed.has(k)) throw invalidArgument(`items[${i}].${k.slice(0, 64)}`, "unknown_field", `unknown field "${k.slice(0, 64)}"`);
+  }
+  return {
+    name: requiredString(body, "name", `items[${i}].name`),
+    kind: kindOf(body),
+    ...valueOf(body),
+    ...metadataOf(body),
+    expectedRevision: optionalInt(body, "expected_revision"),
+  };
+}
+
+function listStateOf(v: string | null): ListState | undefined {
+  if (v === null || v === "" || v === "live") return undefined;
+  if (v === "active" || v === "expired" || v === "deleted") return v;
+  throw invalidArgument("state", "enum", "state must be live, active, expired or deleted");
+}
+
+function isVersionState(s: string): s is VersionState {
+  return (VERSION_STATES as readonly string[]).includes(s);
+}
+
+/** A strong ETag: the secret's revision. */
+function etag(revision: number): string {
+  return `"${revision}"`;
+}
+
+/** The revision a write is conditional on: If-Match (an ETag) or `expected_revision`; they must agree. */
+function expectedRevisionOf(req: HttpRequest, body: Record<string, unknown>): number | undefined {
+  const fromBody = optionalInt(body, "expected_revision");
+  const header = headerValue(req.headers["if-match"]);
+  let fromHeader: number | undefined;
+  if (header !== undefined) {
+    const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(header);
+    if (!m) throw invalidArgument("If-Match", "format", 'If-Match must be an ETag of this API, e.g. "12"');
+    fromHeader = Number(m[1]);
+  }
+  if (fromBody !== undefined && fromHeader !== undefined && fromBody !== fromHeader) {
+    throw invalidArgument("expected_revision", "conflict", "If-Match and expected_revision disagree");
+  }
+  return fromHeader ?? fromBody;
 }
 
 function kindOf(body: Record<string, unknown>): SecretKind | undefined {

@@ -1,12 +1,14 @@
 import { create } from "@bufbuild/protobuf";
-import { type Duration, DurationSchema, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { type Duration, DurationSchema, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   SecretEventType,
   type Secret,
   SecretKind,
   SecretSchema,
+  SecretType,
   type SecretVersion,
   SecretVersionSchema,
+  VersionState,
 } from "../../gen/latchkey/v1/secret_pb.js";
 import { type WatchSecretsResponse, WatchSecretsResponseSchema } from "../../gen/latchkey/v1/secret_service_pb.js";
 import {
@@ -24,36 +26,84 @@ import type { Limits, Usage as DomainUsage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
 import type { SecretEvent } from "../service/secret-watch.js";
 import { invalidArgument } from "../domain/errors.js";
-import { currentVersion, type SecretDocument, type SecretKind as DomainKind, type VersionRecord } from "../domain/secret.js";
+import {
+  currentVersion,
+  isExpired,
+  type SecretDocument,
+  type SecretKind as DomainKind,
+  type SecretType as DomainType,
+  validVersions,
+  type VersionRecord,
+  type VersionState as DomainState,
+} from "../domain/secret.js";
 
 /** Conversions between the domain model and the generated messages; the only place both meet. */
 
-export function toProtoSecret(doc: SecretDocument): Secret {
+export function toProtoSecret(doc: SecretDocument, now = Date.now()): Secret {
   const current = currentVersion(doc);
   return create(SecretSchema, {
     id: doc.id,
     store: doc.store,
     name: doc.name,
     kind: doc.kind === "automatic" ? SecretKind.AUTOMATIC : SecretKind.MANUAL,
+    type: doc.type === "token" ? SecretType.TOKEN : SecretType.SECRET,
     description: doc.description,
-    currentVersion: current.version,
+    folder: doc.folder,
+    tags: [...doc.tags],
+    metadata: { ...doc.metadata },
+    currentVersion: current?.version ?? 0,
     rotationInterval: doc.rotation ? seconds(doc.rotation.intervalSeconds) : undefined,
     gracePeriod: seconds(doc.gracePeriodSeconds),
-    nextRotationAt: doc.rotation ? timestampFromMs(doc.rotation.nextRotationAt) : undefined,
-    lastRotatedAt: timestampFromMs(current.createdAt),
+    nextRotationAt: doc.rotation && !doc.deletion ? timestampFromMs(doc.rotation.nextRotationAt) : undefined,
+    lastRotatedAt: current ? timestampFromMs(current.createdAt) : undefined,
+    expiresAt: doc.expiresAt === null ? undefined : timestampFromMs(doc.expiresAt),
+    expired: isExpired(doc, now),
+    deletedAt: doc.deletion ? timestampFromMs(doc.deletion.deletedAt) : undefined,
+    purgeAt: doc.deletion ? timestampFromMs(doc.deletion.purgeAt) : undefined,
+    binary: current?.binary ?? false,
     createdAt: timestampFromMs(doc.createdAt),
     updatedAt: timestampFromMs(doc.updatedAt),
     revision: BigInt(doc.revision),
   });
 }
 
-export function toProtoVersion(v: VersionRecord, current: boolean): SecretVersion {
+const STATES: Record<DomainState, VersionState> = {
+  active: VersionState.ACTIVE,
+  deactivated: VersionState.DEACTIVATED,
+  suspended: VersionState.SUSPENDED,
+  compromised: VersionState.COMPROMISED,
+  destroyed: VersionState.DESTROYED,
+};
+
+/** A version's metadata; `doc` tells whether it is current and valid now. */
+export function toProtoVersion(v: VersionRecord, doc: SecretDocument, now = Date.now()): SecretVersion {
   return create(SecretVersionSchema, {
     version: v.version,
     createdAt: timestampFromMs(v.createdAt),
     validUntil: v.validUntil === null ? undefined : timestampFromMs(v.validUntil),
-    current,
+    current: currentVersion(doc) === v,
+    state: STATES[v.state],
+    binary: v.binary,
+    valid: validVersions(doc, now).includes(v),
   });
+}
+
+export function fromProtoState(state: VersionState, field = "state"): DomainState | undefined {
+  if (state === VersionState.UNSPECIFIED) return undefined;
+  const found = (Object.entries(STATES) as [DomainState, VersionState][]).find(([, v]) => v === state);
+  if (!found) throw invalidArgument(field, "enum", `${field} is not a version state`);
+  return found[0];
+}
+
+export function fromProtoType(type: SecretType): DomainType | undefined {
+  if (type === SecretType.UNSPECIFIED) return undefined;
+  if (type === SecretType.TOKEN) return "token";
+  if (type === SecretType.SECRET) return "secret";
+  throw invalidArgument("type", "enum", "type must be SECRET_TYPE_SECRET or SECRET_TYPE_TOKEN");
+}
+
+export function fromProtoTime(t: Timestamp | undefined): number | undefined {
+  return t === undefined ? undefined : timestampMs(t);
 }
 
 function seconds(n: number): Duration {
@@ -88,6 +138,7 @@ const EVENT_TYPES = {
   rotated: SecretEventType.ROTATED,
   updated: SecretEventType.UPDATED,
   deleted: SecretEventType.DELETED,
+  restored: SecretEventType.RESTORED,
   reset: SecretEventType.RESET,
 } as const;
 

@@ -2,7 +2,7 @@ import type { Envelope } from "../crypto/envelope.js";
 import { sealedSize } from "../crypto/envelope.js";
 import { invalidArgument, LatchkeyError, storeNotFound } from "../domain/errors.js";
 import { canSee, ownerFor, type Principal } from "../domain/principal.js";
-import { DEFAULT_STORE, type SecretDocument, validateDescription } from "../domain/secret.js";
+import { DEFAULT_STORE, type SecretDocument, validateDescription, type VersionState } from "../domain/secret.js";
 import { newStoreRecord, type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
 import { checkVarList, setVar, type VarRecord } from "../domain/vars.js";
@@ -12,6 +12,9 @@ import type { Storage } from "../storage/storage.js";
 import { decodePageToken, page, pageLimit } from "./paging.js";
 import type { QuotaGuard } from "./quotas.js";
 import type {
+  BatchGetResult,
+  BatchItem,
+  BatchResult,
   CreateSecretInput,
   ListSecretsInput,
   OpenedSecret,
@@ -19,6 +22,7 @@ import type {
   SecretPage,
   SecretRef,
   UpdateSecretInput,
+  ValueInput,
 } from "./secret-manager.js";
 import { type SecretEvent, type WatchInput, watchSecrets } from "./secret-watch.js";
 
@@ -35,9 +39,22 @@ export interface Latchkey {
   getSecret(p: Principal, ref: SecretRef, version?: number): Promise<OpenedSecret>;
   listSecrets(p: Principal, input: ListSecretsInput): Promise<SecretPage>;
   updateSecret(p: Principal, ref: SecretRef, input: UpdateSecretInput): Promise<SecretDocument>;
-  deleteSecret(p: Principal, ref: SecretRef): Promise<void>;
-  rotateSecret(p: Principal, ref: SecretRef): Promise<OpenedSecret>;
-  verifySecret(p: Principal, ref: SecretRef, value: string): Promise<{ valid: boolean; version: number }>;
+  deleteSecret(p: Principal, ref: SecretRef, opts?: { purge?: boolean; expectedRevision?: number }): Promise<void>;
+  undeleteSecret(p: Principal, ref: SecretRef, opts?: { id?: string }): Promise<SecretDocument>;
+  rotateSecret(
+    p: Principal,
+    ref: SecretRef,
+    opts?: { previousState?: Exclude<VersionState, "active">; expectedRevision?: number },
+  ): Promise<OpenedSecret>;
+  verifySecret(p: Principal, ref: SecretRef, value: ValueInput | string): Promise<{ valid: boolean; version: number }>;
+  listVersions(p: Principal, ref: SecretRef): Promise<SecretDocument>;
+  setVersionState(p: Principal, ref: SecretRef, version: number, state: VersionState, expectedRevision?: number): Promise<SecretDocument>;
+  copySecret(p: Principal, from: SecretRef, to: SecretRef): Promise<OpenedSecret>;
+  renameSecret(p: Principal, ref: SecretRef, newName: string, expectedRevision?: number): Promise<SecretDocument>;
+  moveSecret(p: Principal, ref: SecretRef, to: SecretRef, expectedRevision?: number): Promise<SecretDocument>;
+  batchUpsert(p: Principal, store: string, items: readonly BatchItem[], atomic: boolean): Promise<BatchResult[]>;
+  batchDelete(p: Principal, store: string, names: readonly string[], opts: { atomic: boolean; purge: boolean }): Promise<BatchResult[]>;
+  batchGet(p: Principal, store: string, names: readonly string[]): Promise<BatchGetResult[]>;
   watchSecrets(p: Principal, input: WatchInput, signal: AbortSignal): AsyncGenerator<SecretEvent>;
 
   createStore(p: Principal, input: { name: string; description?: string; managedBy?: string }): Promise<StoreRecord>;
@@ -92,6 +109,12 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     return rec;
   }
 
+  /** The byte length of a caller's value (text or binary), or of a generated one. */
+  function valueBytes(v: ValueInput): number {
+    if (v.binaryValue !== undefined) return v.binaryValue.length;
+    return v.value === undefined ? 43 : Buffer.byteLength(v.value);
+  }
+
   /** Growth of a secret write that adds one version of `valueBytes`, pruning beyond maxVersions. */
   async function versionGrowth(ref: SecretRef, valueBytes: number): Promise<Partial<Usage>> {
     const doc = await storage.findSecret(ref.store, ref.name);
@@ -116,7 +139,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
   return {
     async createSecret(p, input) {
       const store = await visibleStore(p, input.store, true);
-      const bytes = input.value === undefined ? 43 : Buffer.byteLength(input.value);
+      const bytes = valueBytes(input);
       // A taken name grows nothing: let the insert report already_exists rather than the quota.
       const growth = async () =>
         (await storage.findSecret(input.store, input.name)) ? {} : { secrets: 1, versions: 1, bytes: sealedSize(bytes) };
@@ -132,21 +155,93 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     },
     async updateSecret(p, ref, input) {
       await visibleStore(p, ref.store);
-      if (input.value === undefined) return manager.update(ref, input);
-      const bytes = Buffer.byteLength(input.value);
+      if (input.value === undefined && input.binaryValue === undefined) return manager.update(ref, input);
+      const bytes = valueBytes(input);
       return quotas.admit(ref.store, () => versionGrowth(ref, bytes), () => manager.update(ref, input));
     },
-    async deleteSecret(p, ref) {
+    async deleteSecret(p, ref, opts) {
       await visibleStore(p, ref.store);
-      return manager.delete(ref);
+      return manager.delete(ref, opts);
     },
-    async rotateSecret(p, ref) {
+    async undeleteSecret(p, ref, opts) {
       await visibleStore(p, ref.store);
-      return quotas.admit(ref.store, () => versionGrowth(ref, 43), () => manager.rotate(ref));
+      // A restored secret counts again.
+      const growth = async (): Promise<Partial<Usage>> => {
+        const page = await storage.listSecrets({ store: ref.store, prefix: ref.name, limit: 1000, state: "deleted" });
+        const doc = page.find((d) => d.name === ref.name && (!opts?.id || d.id === opts.id));
+        return doc ? { secrets: 1, versions: doc.versions.length, bytes: doc.versions.reduce((n, v) => n + v.sealed.length, 0) } : {};
+      };
+      return quotas.admit(ref.store, growth, () => manager.undelete(ref, opts));
+    },
+    async rotateSecret(p, ref, opts) {
+      await visibleStore(p, ref.store);
+      return quotas.admit(ref.store, () => versionGrowth(ref, 43), () => manager.rotate(ref, opts));
     },
     async verifySecret(p, ref, value) {
       await visibleStore(p, ref.store);
-      return manager.verify(ref, value);
+      return manager.verify(ref, typeof value === "string" ? { value } : value);
+    },
+    async listVersions(p, ref) {
+      await visibleStore(p, ref.store);
+      return manager.listVersions(ref);
+    },
+    async setVersionState(p, ref, version, state, expectedRevision) {
+      await visibleStore(p, ref.store);
+      return manager.setVersionState(ref, version, state, expectedRevision);
+    },
+    async copySecret(p, from, to) {
+      await visibleStore(p, from.store);
+      const target = await visibleStore(p, to.store, true);
+      const growth = async (): Promise<Partial<Usage>> => {
+        const src = await storage.findSecret(from.store, from.name);
+        const current = src?.versions[src.versions.length - 1];
+        return { secrets: 1, versions: 1, bytes: current?.sealed.length ?? 0 };
+      };
+      return quotas.admit(to.store, growth, () => manager.copy(from, to, { storeCreatedAt: target.createdAt }));
+    },
+    async renameSecret(p, ref, newName, expectedRevision) {
+      await visibleStore(p, ref.store);
+      return manager.rename(ref, newName, expectedRevision);
+    },
+    async moveSecret(p, ref, to, expectedRevision) {
+      await visibleStore(p, ref.store);
+      const target = await visibleStore(p, to.store, true);
+      if (to.store === ref.store) return manager.rename(ref, to.name, expectedRevision);
+      const growth = async (): Promise<Partial<Usage>> => {
+        const src = await storage.findSecret(ref.store, ref.name);
+        if (!src) return {};
+        return { secrets: 1, versions: src.versions.length, bytes: src.versions.reduce((n, v) => n + v.sealed.length, 0) };
+      };
+      return quotas.admit(to.store, growth, () =>
+        manager.move(ref, to, { expectedRevision, storeCreatedAt: target.createdAt }),
+      );
+    },
+    async batchUpsert(p, store, items, atomic) {
+      const target = await visibleStore(p, store, true);
+      const growth = async (): Promise<Partial<Usage>> => {
+        let secrets = 0;
+        let versions = 0;
+        let bytes = 0;
+        for (const item of items) {
+          const exists = typeof item.name === "string" && (await storage.findSecret(store, item.name));
+          const adds = !exists || item.value !== undefined || item.binaryValue !== undefined;
+          if (!exists) secrets++;
+          if (adds) {
+            versions++;
+            bytes += sealedSize(valueBytes(item));
+          }
+        }
+        return { secrets, versions, bytes };
+      };
+      return quotas.admit(store, growth, () => manager.batchUpsert(store, items, atomic, target.createdAt));
+    },
+    async batchDelete(p, store, names, opts) {
+      await visibleStore(p, store);
+      return manager.batchDelete(store, names, opts);
+    },
+    async batchGet(p, store, names) {
+      await visibleStore(p, store);
+      return manager.batchGet(store, names);
     },
     async *watchSecrets(p, input, signal) {
       const start = await visibleStore(p, input.store, true);

@@ -34,3 +34,27 @@ export function page<T>(rows: T[], limit: number, keyOf: (row: T) => string): { 
   const last = rows[rows.length - 1];
   return { items: rows, nextPageToken: more && last !== undefined ? encodePageToken(keyOf(last)) : "" };
 }
+
+/** A position in a list of secrets, and which way the page it starts goes. */
+export interface ListCursorToken {
+  readonly dir: "next" | "prev";
+  readonly name: string;
+  readonly id: string;
+}
+
+export function encodeListCursor(dir: "next" | "prev", at: { name: string; id: string }): string {
+  return Buffer.from(JSON.stringify({ d: dir === "next" ? "n" : "p", n: at.name, i: at.id }), "utf8").toString("base64url");
+}
+
+export function decodeListCursor(token: string | undefined): ListCursorToken | undefined {
+  if (!token) return undefined;
+  try {
+    const p = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { d?: unknown; n?: unknown; i?: unknown };
+    if ((p.d === "n" || p.d === "p") && typeof p.n === "string" && typeof p.i === "string") {
+      return { dir: p.d === "n" ? "next" : "prev", name: p.n, id: p.i };
+    }
+  } catch {
+    // fall through
+  }
+  throw invalidArgument("page_token", "malformed", "page_token is not one this service issued");
+}

@@ -1,7 +1,7 @@
 import { invalidArgument } from "../domain/errors.js";
 import type { ChangeEvent, Storage } from "../storage/storage.js";
 
-export type SecretEventType = "started" | "created" | "rotated" | "updated" | "deleted" | "reset";
+export type SecretEventType = "started" | "created" | "rotated" | "updated" | "deleted" | "restored" | "reset";
 
 /** One event of a watch: what happened to which secret. Never a value. */
 export interface SecretEvent {
@@ -18,11 +18,23 @@ export interface WatchInput {
   readonly resumeAfter?: string | undefined;
 }
 
-/** What a change event means to a watcher. A change whose time is its current version's time made that version. */
-export function eventType(ev: ChangeEvent): SecretEventType {
-  if (ev.op === "insert") return "created";
-  if (ev.op === "delete") return "deleted";
-  return ev.versionCreatedAt === ev.at ? "rotated" : "updated";
+/** What a change event means to a watcher; undefined for one a watcher does not see (the purge of a deleted secret). */
+export function eventType(ev: ChangeEvent): SecretEventType | undefined {
+  switch (ev.change) {
+    case "created":
+      return "created";
+    case "rotated":
+      return "rotated";
+    case "deleted":
+      return "deleted";
+    case "restored":
+      return "restored";
+    case "purged":
+      // Its soft deletion was reported already.
+      return undefined;
+    default:
+      return "updated";
+  }
 }
 
 /**
@@ -45,7 +57,8 @@ export async function* watchSecrets(
     if (item.op === "start") yield { type: "started", resumeToken: item.token };
     else if (item.op === "reset") yield { type: "reset", resumeToken: item.token ?? "" };
     else if (item.store === input.store && item.name.startsWith(prefix)) {
-      yield { type: eventType(item), resumeToken: item.token, change: item };
+      const type = eventType(item);
+      if (type) yield { type, resumeToken: item.token, change: item };
     }
   }
 }

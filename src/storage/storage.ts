@@ -1,4 +1,4 @@
-import type { SecretDocument } from "../domain/secret.js";
+import type { ChangeKind, SecretDocument } from "../domain/secret.js";
 import type { StoreRecord } from "../domain/store.js";
 import type { Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
@@ -15,15 +15,58 @@ export interface DataKeyRecord {
   readonly createdAt: number;
 }
 
+/** A position in a list of secrets: lists are ordered by name, then id (deleted secrets may share a name). */
+export interface ListCursor {
+  readonly name: string;
+  readonly id: string;
+}
+
+/**
+ * Which secrets a list covers: "live" (not deleted; the default), "active" (live and not expired), "expired"
+ * (live and expired at `now`), "deleted" (soft-deleted, restorable).
+ */
+export type ListState = "live" | "active" | "expired" | "deleted";
+
 export interface ListQuery {
   readonly store: string;
   /** Only names starting with this. */
   readonly prefix: string;
-  /** Only names strictly after this one (paging forward). */
-  readonly after?: string | undefined;
-  /** Only names strictly before this one (paging backward): the last `limit` such names. */
-  readonly before?: string | undefined;
+  /** Only secrets strictly after this position (paging forward). */
+  readonly after?: ListCursor | undefined;
+  /** Only secrets strictly before this position (paging backward): the last `limit` of them. */
+  readonly before?: ListCursor | undefined;
   readonly limit: number;
+  /** Only secrets in exactly this folder. */
+  readonly folder?: string | undefined;
+  /** Only secrets carrying this tag. */
+  readonly tag?: string | undefined;
+  readonly state?: ListState | undefined;
+  /** The time "expired" is judged at. */
+  readonly now?: number | undefined;
+}
+
+/** One write of a batch. */
+export type WriteOp =
+  | { readonly op: "insert"; readonly doc: SecretDocument }
+  | { readonly op: "replace"; readonly doc: SecretDocument; readonly expectedRevision: number }
+  | { readonly op: "delete"; readonly id: string; readonly expectedRevision: number };
+
+/**
+ * How a write of a batch went: written; refused because the revision changed or the document is gone
+ * ("conflict"); refused because its (store, name) is held by another live secret ("name_taken"); or not applied
+ * because another write of an atomic batch failed.
+ */
+export type WriteOutcome = "ok" | "conflict" | "name_taken" | "not_applied";
+
+/** A write would give a live secret a (store, name) another live secret holds. */
+export class NameTakenError extends Error {
+  override name = "NameTakenError";
+  constructor(
+    readonly store: string,
+    readonly secretName: string,
+  ) {
+    super(`the name "${secretName}" is taken in store "${store}"`);
+  }
 }
 
 export interface StoreListQuery {
@@ -51,12 +94,14 @@ export interface ChangeEvent {
   readonly name: string;
   /** The document's revision after the change (for a delete: the last one). */
   readonly revision: number;
-  /** The current version after the change (for a delete: the last one). */
+  /** The newest version after the change (for a delete: the last one). */
   readonly version: number;
-  /** When the current version was made: equal to `at` when this change made it (a rotation). */
-  readonly versionCreatedAt: number;
+  /** What the write did: the document's lastChange ("purged" for a hard delete). */
+  readonly change: ChangeKind | "purged";
   /** The next rotation after the change; null for manual or deleted secrets. */
   readonly nextRotationAt: number | null;
+  /** When the scheduler must next act on the secret (rotate or purge it); null for none. */
+  readonly dueAt: number | null;
   /** When the change was made (ms): the document's updatedAt, or the deletion time. */
   readonly at: number;
 }
@@ -98,18 +143,32 @@ export interface Storage {
   /** Resolves when the backend answers a trivial query; rejects otherwise (readiness). */
   ping(): Promise<void>;
 
+  /** The live (not deleted) secret of that name. */
   findSecret(store: string, name: string): Promise<SecretDocument | undefined>;
-  /** Inserts a new document. Returns false, writing nothing, if its (store, name) is taken. */
+  /** Any secret, live or deleted, by id. */
+  findSecretById(id: string): Promise<SecretDocument | undefined>;
+  /** Inserts a new document. Returns false, writing nothing, if its (store, name) is taken by a live secret. */
   insertSecret(doc: SecretDocument): Promise<boolean>;
-  /** Replaces the document with `doc.id` if its stored revision is `expectedRevision`. Returns false otherwise. */
+  /**
+   * Replaces the document with `doc.id` if its stored revision is `expectedRevision`. Returns false otherwise.
+   * Throws NameTakenError if the new (store, name) is held by another live secret.
+   */
   replaceSecret(doc: SecretDocument, expectedRevision: number): Promise<boolean>;
+  /**
+   * Applies several writes. Atomic: all or none (a failing write leaves every outcome but its own "not_applied").
+   * Not atomic: each write on its own, in order.
+   */
+  applyWrites(ops: readonly WriteOp[], atomic: boolean): Promise<WriteOutcome[]>;
   /** Deletes the document with `id` if its stored revision is `expectedRevision`. Returns false otherwise. */
   deleteSecret(id: string, expectedRevision: number): Promise<boolean>;
-  /** Documents of one store in name order, after `query.after`, at most `query.limit`. */
+  /** Documents of one store in (name, id) order, filtered and keyset-paged as the query says. */
   listSecrets(query: ListQuery): Promise<SecretDocument[]>;
-  /** Automatic secrets whose next rotation is at or before `now`, earliest first, at most `limit`. */
+  /**
+   * Secrets the scheduler must act on at `now` (due rotations of automatic secrets, due purges of deleted ones),
+   * earliest first, at most `limit`.
+   */
   findDueSecrets(now: number, limit: number): Promise<SecretDocument[]>;
-  /** The earliest next rotation time of any automatic secret, or undefined if there is none. */
+  /** The earliest time the scheduler must act on any secret, or undefined if there is none. */
   nextRotationAt(): Promise<number | undefined>;
 
   /**
@@ -154,8 +213,9 @@ export interface Storage {
   listVars(query: VarListQuery): Promise<VarRecord[]>;
 
   /**
-   * What one store holds, or (no store given) the whole service. Counts secrets, their versions, vars, and bytes
-   * (sealed secret values plus var values); `stores` is 1 for one store, else the number of stores.
+   * What one store holds, or (no store given) the whole service. Counts live secrets (deleted ones, waiting to be
+   * purged, do not count), their versions, vars, and bytes (sealed values plus var values); `stores` is 1 for
+   * one store, else the number of stores.
    */
   usage(store?: string): Promise<Usage>;
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { appendVersion, newSecretDocument, type SecretDocument } from "../../src/domain/secret.js";
+import { appendVersion, applyMetadataPatch, newSecretDocument, type SecretDocument } from "../../src/domain/secret.js";
 import { newStoreRecord } from "../../src/domain/store.js";
 import { setVar } from "../../src/domain/vars.js";
 import type { ChangeFeedItem, Storage } from "../../src/storage/storage.js";
@@ -150,9 +150,16 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
       for (const n of [...names].reverse()) await s.insertSecret(secretDoc(n, { store: "paging" }));
       await s.insertSecret(secretDoc("pg/zz", { store: "elsewhere" }));
       const ls = async (q: { prefix?: string; after?: string; before?: string; limit: number }) =>
-        (await s.listSecrets({ store: "paging", prefix: q.prefix ?? "", after: q.after, before: q.before, limit: q.limit })).map(
-          (d) => d.name,
-        );
+        (
+          await s.listSecrets({
+            store: "paging",
+            prefix: q.prefix ?? "",
+            // Name-only positions: after every id of that name, or before every one.
+            after: q.after === undefined ? undefined : { name: q.after, id: "\u{10FFFF}" },
+            before: q.before === undefined ? undefined : { name: q.before, id: "" },
+            limit: q.limit,
+          })
+        ).map((d) => d.name);
       assert.deepEqual(await ls({ limit: 100 }), names);
       assert.deepEqual(await ls({ prefix: "pg/", limit: 2 }), ["pg/a", "pg/b"]);
       assert.deepEqual(await ls({ prefix: "pg/", after: "pg/b", limit: 2 }), ["pg/c", "pg/d"]);
@@ -302,13 +309,13 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
       await s.insertSecret(doc);
       const rotated = appendVersion(doc, sealed(), T0 + 5000, 10);
       await s.replaceSecret(rotated, doc.revision);
-      const touched = { ...rotated, description: "new words", updatedAt: T0 + 6000, revision: rotated.revision + 1 };
+      const touched = applyMetadataPatch(rotated, { description: "new words" }, T0 + 6000);
       await s.replaceSecret(touched, rotated.revision);
       const [ins, rot, meta] = (await feed.items) as Extract<ChangeFeedItem, { id: string }>[];
-      assert.equal(ins?.versionCreatedAt, ins?.at, "creation made version 1");
-      assert.equal(rot?.versionCreatedAt, rot?.at, "a rotation made a version");
+      assert.equal(ins?.change, "created");
+      assert.equal(rot?.change, "rotated", "a rotation made a version");
       assert.equal(rot?.at, T0 + 5000);
-      assert.notEqual(meta?.versionCreatedAt, meta?.at, "a metadata change did not");
+      assert.equal(meta?.change, "updated", "a metadata change made no version");
     });
 
     it("answers each of many concurrent writes on its own", async () => {

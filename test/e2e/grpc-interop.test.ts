@@ -106,11 +106,20 @@ describe("gRPC interop (grpc-js + proto-loader)", () => {
     assert.ok(definition["google.protobuf.Duration"], "Duration resolved");
     assert.ok(definition["google.protobuf.Timestamp"], "Timestamp resolved");
     assert.deepEqual(Object.keys(SecretServiceClient.service).sort(), [
+      "BatchDeleteSecrets",
+      "BatchGetSecrets",
+      "BatchUpsertSecrets",
+      "CopySecret",
       "DeleteSecret",
       "GetSecret",
+      "ListSecretVersions",
       "ListSecrets",
+      "MoveSecret",
+      "RenameSecret",
       "RotateSecret",
+      "SetVersionState",
       "StoreSecret",
+      "UndeleteSecret",
       "UpdateSecret",
       "VerifySecret",
       "WatchSecrets",

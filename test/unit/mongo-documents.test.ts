@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { ChangeStreamDocument, Document } from "mongodb";
-import { appendVersion, newSecretDocument } from "../../src/domain/secret.js";
+import { appendVersion, newSecretDocument, softDelete } from "../../src/domain/secret.js";
 import {
   casFilter,
   changeStreamPipeline,
@@ -53,21 +53,36 @@ describe("MongoDB documents", () => {
     assert.deepEqual(casFilter("id-1", 7), { _id: "id-1", revision: 7 });
   });
 
-  it("pages forward with $gt and an anchored, escaped prefix", () => {
-    const q = listQuery({ store: "default", prefix: "db.(x)/", after: "db.(x)/a", limit: 5 });
-    assert.deepEqual(q.filter, { store: "default", name: { $regex: "^db\\.\\(x\\)\\/", $gt: "db.(x)/a" } });
-    assert.deepEqual(q.sort, { name: 1 });
+  it("pages forward after a (name, id) position, with an anchored, escaped prefix", () => {
+    const q = listQuery({ store: "default", prefix: "db.(x)/", after: { name: "db.(x)/a", id: "i1" }, limit: 5 });
+    assert.deepEqual(q.filter, {
+      $and: [
+        { store: "default", live: true },
+        { name: { $regex: "^db\\.\\(x\\)\\/" } },
+        { $or: [{ name: { $gt: "db.(x)/a" } }, { name: "db.(x)/a", _id: { $gt: "i1" } }] },
+      ],
+    });
+    assert.deepEqual(q.sort, { name: 1, _id: 1 });
     assert.equal(q.reverse, false);
-    assert.equal(new RegExp(q.filter.name && (q.filter.name as { $regex: string }).$regex).test("db.(x)/b"), true);
-    assert.equal(new RegExp((q.filter.name as { $regex: string }).$regex).test("dbX(x)/b"), false);
+    assert.equal(new RegExp("^db\\.\\(x\\)\\/").test("db.(x)/b"), true);
   });
 
   it("pages backward by sorting descending and reversing", () => {
-    const q = listQuery({ store: "s", prefix: "", before: "m", limit: 3 });
-    assert.deepEqual(q.filter, { store: "s", name: { $lt: "m" } });
-    assert.deepEqual(q.sort, { name: -1 });
+    const q = listQuery({ store: "s", prefix: "", before: { name: "m", id: "i9" }, limit: 3 });
+    assert.deepEqual(q.filter, {
+      $and: [{ store: "s", live: true }, { $or: [{ name: { $lt: "m" } }, { name: "m", _id: { $lt: "i9" } }] }],
+    });
+    assert.deepEqual(q.sort, { name: -1, _id: -1 });
     assert.equal(q.reverse, true);
-    assert.deepEqual(listQuery({ store: "s", prefix: "", limit: 3 }).filter, { store: "s" });
+    assert.deepEqual(listQuery({ store: "s", prefix: "", limit: 3 }).filter, { store: "s", live: true });
+  });
+
+  it("filters by folder, tag, expiry and deletion", () => {
+    const now = Date.UTC(2030, 0, 1);
+    const deleted = listQuery({ store: "s", prefix: "", limit: 3, state: "deleted", folder: "team/a", tag: "pci", now });
+    assert.deepEqual(deleted.filter, { $and: [{ store: "s", live: false }, { folder: "team/a" }, { tags: "pci" }] });
+    const expired = listQuery({ store: "s", prefix: "", limit: 3, state: "expired", now });
+    assert.deepEqual(expired.filter, { $and: [{ store: "s", live: true }, { expiresAt: { $ne: null, $lte: new Date(now) } }] });
   });
 
   it("escapes every regex metacharacter", () => {
@@ -75,19 +90,24 @@ describe("MongoDB documents", () => {
     assert.equal(new RegExp(`^${escapeRegex(nasty)}$`).test(nasty), true);
   });
 
-  it("asks for due secrets by next rotation time, earliest first", () => {
+  it("asks for due secrets (rotations and purges) by due time, earliest first", () => {
     const q = dueQuery(T0);
-    assert.deepEqual(q.filter, { "rotation.nextRotationAt": { $lte: new Date(T0) } });
-    assert.deepEqual(q.sort, { "rotation.nextRotationAt": 1 });
+    assert.deepEqual(q.filter, { dueAt: { $lte: new Date(T0) } });
+    assert.deepEqual(q.sort, { dueAt: 1 });
+    const deleted = softDelete(auto, T0 + 5, 3600);
+    assert.deepEqual(toMongoSecret(deleted).dueAt, new Date(T0 + 5 + 3_600_000), "a deleted secret is due for its purge");
+    assert.equal(toMongoSecret(deleted).live, false);
+    assert.deepEqual(toMongoSecret(auto).dueAt, new Date(T0 + 60_000), "a live one for its rotation");
   });
 
-  it("declares a unique (store, name) index and a partial index serving the due query", () => {
-    const unique = SECRET_INDEXES.find((i) => i.name === "store_name_unique");
+  it("declares a unique index on live names and a partial index serving the due query", () => {
+    const unique = SECRET_INDEXES.find((i) => i.name === "store_live_name_unique");
     assert.deepEqual(unique?.key, { store: 1, name: 1 });
     assert.equal(unique?.unique, true);
-    const due = SECRET_INDEXES.find((i) => i.name === "rotation_due");
-    assert.deepEqual(due?.key, { "rotation.nextRotationAt": 1 });
-    assert.deepEqual(due?.partialFilterExpression, { "rotation.nextRotationAt": { $type: "date" } });
+    assert.deepEqual(unique?.partialFilterExpression, { live: true }, "deleted secrets give their name up");
+    const due = SECRET_INDEXES.find((i) => i.name === "due");
+    assert.deepEqual(due?.key, { dueAt: 1 });
+    assert.deepEqual(due?.partialFilterExpression, { dueAt: { $type: "date" } });
     assert.deepEqual(Object.keys(dueQuery(T0).filter), Object.keys(due?.key ?? {}), "the due query uses the indexed field");
   });
 
@@ -113,8 +133,10 @@ describe("MongoDB documents", () => {
       name: "svc/key",
       revision: 3,
       currentVersion: 2,
-      lastRotatedAt: new Date(T0 - 10),
+      lastChange: "created",
       updatedAt: new Date(T0 - 5),
+      live: true,
+      dueAt: new Date(T0 + 5000),
       rotation: { nextRotationAt: new Date(T0 + 5000) },
     };
     const base = { _id: { _data: "826" }, documentKey: { _id: "id-1" }, wallTime: new Date(T0) };
@@ -127,8 +149,9 @@ describe("MongoDB documents", () => {
       name: "svc/key",
       revision: 3,
       version: 2,
-      versionCreatedAt: T0 - 10,
+      change: "created",
       nextRotationAt: T0 + 5000,
+      dueAt: T0 + 5000,
       at: T0 - 5,
     });
     const rep = toChangeEvent({ ...base, operationType: "replace", fullDocument: after } as unknown as ChangeStreamDocument<Document>, "t2");
@@ -140,6 +163,12 @@ describe("MongoDB documents", () => {
     assert.equal(del?.op, "delete");
     assert.equal(del?.name, "svc/key");
     assert.equal(del?.nextRotationAt, null);
+    assert.equal(del?.change, "deleted", "a live secret deleted for good");
+    const purged = toChangeEvent(
+      { ...base, operationType: "delete", fullDocumentBeforeChange: { ...after, live: false } } as unknown as ChangeStreamDocument<Document>,
+      "t5",
+    );
+    assert.equal(purged?.change, "purged", "the purge of a soft-deleted secret");
     const other = toChangeEvent({ ...base, operationType: "drop" } as unknown as ChangeStreamDocument<Document>, "t4");
     assert.equal(other, undefined);
   });

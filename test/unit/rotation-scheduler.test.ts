@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createEnvelope, masterKeyFrom } from "../../src/crypto/envelope.js";
-import { currentVersion, type SecretDocument } from "../../src/domain/secret.js";
+import { currentVersion,
+  latestVersion, type SecretDocument } from "../../src/domain/secret.js";
 import { createLogger } from "../../src/log/logger.js";
 import type { Clock } from "../../src/scheduler/clock.js";
 import {
@@ -66,7 +67,7 @@ function scheduler(opts: Partial<RotationSchedulerOptions> & Pick<RotationSchedu
 async function versionOf(name: string): Promise<number> {
   const doc = await storage.findSecret("default", name);
   assert.ok(doc, `${name} exists`);
-  return currentVersion(doc).version;
+  return latestVersion(doc).version;
 }
 
 /** Makes an existing automatic secret due at `at` (ms), as a write by another process would. */

@@ -66,10 +66,25 @@ describe("RPC permissions", () => {
   });
 
   it("requires a token for every other SecretService RPC", () => {
-    const others = SecretService.methods.filter((m) => !["GetSecret", "VerifySecret", "WatchSecrets"].includes(m.name));
+    const reads = ["GetSecret", "VerifySecret", "WatchSecrets", "BatchGetSecrets"];
+    const others = SecretService.methods.filter((m) => !reads.includes(m.name));
     assert.deepEqual(
       others.map((m) => m.name),
-      ["StoreSecret", "ListSecrets", "UpdateSecret", "DeleteSecret", "RotateSecret"],
+      [
+        "StoreSecret",
+        "ListSecrets",
+        "UpdateSecret",
+        "DeleteSecret",
+        "RotateSecret",
+        "ListSecretVersions",
+        "SetVersionState",
+        "UndeleteSecret",
+        "CopySecret",
+        "RenameSecret",
+        "MoveSecret",
+        "BatchUpsertSecrets",
+        "BatchDeleteSecrets",
+      ],
     );
     for (const m of others) assert.equal(permissionFor(m), "manage", m.name);
   });

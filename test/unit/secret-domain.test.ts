@@ -21,6 +21,7 @@ import {
   validateValue,
   validVersions,
   type VersionRecord,
+  latestVersion,
 } from "../../src/domain/secret.js";
 
 /** The pure rules of a secret: validation, the first document, new versions, grace windows, schedules. */
@@ -152,7 +153,16 @@ describe("newSecretDocument", () => {
     assert.equal(doc.gracePeriodSeconds, DEFAULTS.manualGraceSeconds);
     assert.equal(doc.gracePeriodSeconds, 0);
     assert.equal(doc.rotation, null);
-    assert.deepEqual(doc.versions, [{ version: 1, createdAt: T0, validUntil: null, sealed: "sealed-1" }]);
+    assert.deepEqual(doc.versions, [
+      { version: 1, createdAt: T0, validUntil: null, sealed: "sealed-1", state: "active", binary: false },
+    ]);
+    assert.equal(doc.type, "secret");
+    assert.equal(doc.folder, "");
+    assert.deepEqual(doc.tags, []);
+    assert.deepEqual(doc.metadata, {});
+    assert.equal(doc.expiresAt, null);
+    assert.equal(doc.deletion, null);
+    assert.equal(doc.lastChange, "created");
     assert.equal(doc.createdAt, T0);
     assert.equal(doc.updatedAt, T0);
     assert.equal(doc.revision, 1);
@@ -186,10 +196,11 @@ describe("appendVersion", () => {
     const t1 = T0 + 10 * SEC;
     const next = appendVersion(doc, "sealed-2", t1, 10);
     assert.deepEqual(next.versions, [
-      { version: 1, createdAt: T0, validUntil: t1 + 600 * SEC, sealed: "sealed-1" },
-      { version: 2, createdAt: t1, validUntil: null, sealed: "sealed-2" },
+      { version: 1, createdAt: T0, validUntil: t1 + 600 * SEC, sealed: "sealed-1", state: "active", binary: false },
+      { version: 2, createdAt: t1, validUntil: null, sealed: "sealed-2", state: "active", binary: false },
     ]);
-    assert.equal(currentVersion(next).version, 2);
+    assert.equal(next.lastChange, "rotated");
+    assert.equal(currentVersion(next)?.version, 2);
     assert.equal(next.updatedAt, t1);
     assert.equal(next.createdAt, T0);
   });
@@ -334,7 +345,7 @@ describe("version validity", () => {
   const graceEnd = t1 + 60 * SEC;
 
   it("treats the current version as valid at any time", () => {
-    assert.equal(isVersionValid(currentVersion(doc), Number.MAX_SAFE_INTEGER), true);
+    assert.equal(isVersionValid(currentVersion(doc) as VersionRecord, Number.MAX_SAFE_INTEGER), true);
   });
 
   it("keeps a superseded version valid until just before validUntil", () => {
@@ -377,9 +388,10 @@ describe("isRotationDue", () => {
 });
 
 describe("currentVersion", () => {
-  it("throws an internal error for a document without versions", () => {
+  it("has no current version when no version is active, and latestVersion throws for none at all", () => {
+    assert.equal(currentVersion({ ...manual(), versions: [] }), undefined);
     assert.throws(
-      () => currentVersion({ ...manual(), versions: [] }),
+      () => latestVersion({ ...manual(), versions: [] }),
       (err: unknown) => err instanceof LatchkeyError && err.code === "internal",
     );
   });

@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { createEnvelope, masterKeyFrom } from "../../src/crypto/envelope.js";
 import { type ErrorCode, LatchkeyError } from "../../src/domain/errors.js";
-import { currentVersion, type SecretDocument } from "../../src/domain/secret.js";
+import { currentVersion,
+  latestVersion, type SecretDocument } from "../../src/domain/secret.js";
 import { createLogger } from "../../src/log/logger.js";
 import { createSecretManager, type SecretManager, type SecretRef } from "../../src/service/secret-manager.js";
 import { createSqliteStorage } from "../../src/storage/sqlite/sqlite-storage.js";
@@ -211,7 +212,7 @@ describe("secret manager", () => {
     });
 
     it("lists an empty store as one empty page", async () => {
-      assert.deepEqual(await manager.list({ store: "empty" }), { docs: [], nextPageToken: "" });
+      assert.deepEqual(await manager.list({ store: "empty" }), { docs: [], nextPageToken: "", prevPageToken: "" });
     });
   });
 
@@ -220,7 +221,7 @@ describe("secret manager", () => {
       await manager.create({ ...ref("s"), kind: "manual", value: "old", gracePeriodSeconds: 60 });
       t = T0 + 10 * SEC;
       const doc = await manager.update(ref("s"), { value: "new" });
-      assert.equal(currentVersion(doc).version, 2);
+      assert.equal(latestVersion(doc).version, 2);
       assert.equal(doc.revision, 2);
       assert.equal(doc.versions[0]?.validUntil, t + 60 * SEC);
 
@@ -299,7 +300,7 @@ describe("secret manager", () => {
       );
       const doc = await stored("hot");
       assert.equal(doc.revision, 21);
-      assert.equal(currentVersion(doc).version, 21);
+      assert.equal(latestVersion(doc).version, 21);
       assert.deepEqual(doc.versions.map((v) => v.version), [18, 19, 20, 21]);
       assert.deepEqual(
         results.map((r) => r.revision).sort((a, b) => a - b),
@@ -409,7 +410,7 @@ describe("secret manager", () => {
       t = T0 + 60 * SEC;
       assert.equal(await manager.rotateIfDue(created.doc), 2);
       const doc = await stored("a");
-      assert.equal(currentVersion(doc).version, 2);
+      assert.equal(latestVersion(doc).version, 2);
       assert.equal(doc.rotation?.nextRotationAt, t + 60 * SEC);
       assert.notEqual((await manager.get(ref("a"))).value, (await manager.get(ref("a"), 1)).value);
     });
@@ -431,7 +432,7 @@ describe("secret manager", () => {
       assert.equal(await manager.rotateIfDue(created.doc), undefined);
       const doc = await stored("a");
       assert.equal(doc.description, "touched");
-      assert.equal(currentVersion(doc).version, 1);
+      assert.equal(latestVersion(doc).version, 1);
     });
 
     it("does not resurrect a deleted secret", async () => {

@@ -236,10 +236,10 @@ describe("SQLite storage", () => {
     });
 
     it("continues strictly after the given name", async () => {
-      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "db/", after: "db/primary", limit: 100 })), [
+      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "db/", after: { name: "db/primary", id: "\u{10FFFF}" }, limit: 100 })), [
         "db/replica",
       ]);
-      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "", after: "db/", limit: 2 })), [
+      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "", after: { name: "db/", id: "\u{10FFFF}" }, limit: 2 })), [
         "db/archive/old",
         "db/primary",
       ]);
@@ -247,18 +247,19 @@ describe("SQLite storage", () => {
 
     it("pages through everything with after and limit, without gaps or repeats", async () => {
       const seen: string[] = [];
-      let after = "";
+      let after: { name: string; id: string } | undefined;
       for (;;) {
         const page = await storage.listSecrets({ store: "default", prefix: "", after, limit: 3 });
         seen.push(...names(page));
         if (page.length < 3) break;
-        after = page[page.length - 1]?.name ?? "";
+        const last = page[page.length - 1];
+        after = last && { name: last.name, id: last.id };
       }
       assert.deepEqual(seen, ["Db/upper", "app/token", "db-other", "db/archive/old", "db/primary", "db/replica", "zeta"]);
     });
 
     it("pages backward with before: the last `limit` names before it, in name order", async () => {
-      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "", before: "db/replica", limit: 2 })), [
+      assert.deepEqual(names(await storage.listSecrets({ store: "default", prefix: "", before: { name: "db/replica", id: "" }, limit: 2 })), [
         "db/archive/old",
         "db/primary",
       ]);

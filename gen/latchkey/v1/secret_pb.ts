@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/secret.proto.
  */
 export const file_latchkey_v1_secret: GenFile = /*@__PURE__*/
-  fileDesc("ChhsYXRjaGtleS92MS9zZWNyZXQucHJvdG8SC2xhdGNoa2V5LnYxIsoDCgZTZWNyZXQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRraW5kGAMgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0S2luZBITCgtkZXNjcmlwdGlvbhgEIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YBSABKA0SNAoRcm90YXRpb25faW50ZXJ2YWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEG5leHRfcm90YXRpb25fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDCABKAQSDQoFc3RvcmUYDSABKAkikgEKDVNlY3JldFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2YWxpZF91bnRpbBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgEIAEoCCpcCgpTZWNyZXRLaW5kEhsKF1NFQ1JFVF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSU0VDUkVUX0tJTkRfTUFOVUFMEAESGQoVU0VDUkVUX0tJTkRfQVVUT01BVElDEAIq7AEKD1NlY3JldEV2ZW50VHlwZRIhCh1TRUNSRVRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1NUQVJURUQQARIdChlTRUNSRVRfRVZFTlRfVFlQRV9DUkVBVEVEEAISHQoZU0VDUkVUX0VWRU5UX1RZUEVfUk9UQVRFRBADEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1VQREFURUQQBBIdChlTRUNSRVRfRVZFTlRfVFlQRV9ERUxFVEVEEAUSGwoXU0VDUkVUX0VWRU5UX1RZUEVfUkVTRVQQBmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhsYXRjaGtleS92MS9zZWNyZXQucHJvdG8SC2xhdGNoa2V5LnYxIqQGCgZTZWNyZXQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRraW5kGAMgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0S2luZBITCgtkZXNjcmlwdGlvbhgEIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YBSABKA0SNAoRcm90YXRpb25faW50ZXJ2YWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEG5leHRfcm90YXRpb25fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YDCABKAQSDQoFc3RvcmUYDSABKAkSJQoEdHlwZRgOIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldFR5cGUSDgoGZm9sZGVyGA8gASgJEgwKBHRhZ3MYECADKAkSMwoIbWV0YWRhdGEYESADKAsyIS5sYXRjaGtleS52MS5TZWNyZXQuTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdleHBpcmVkGBMgASgIEi4KCmRlbGV0ZWRfYXQYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCHB1cmdlX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZiaW5hcnkYFiABKAgaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItsBCg1TZWNyZXRWZXJzaW9uEg8KB3ZlcnNpb24YASABKA0SLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdmFsaWRfdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBCABKAgSKAoFc3RhdGUYBSABKA4yGS5sYXRjaGtleS52MS5WZXJzaW9uU3RhdGUSDgoGYmluYXJ5GAYgASgIEg0KBXZhbGlkGAcgASgIIhkKB1RhZ0xpc3QSDgoGdmFsdWVzGAEgAygJInUKC01ldGFkYXRhTWFwEjYKB2VudHJpZXMYASADKAsyJS5sYXRjaGtleS52MS5NZXRhZGF0YU1hcC5FbnRyaWVzRW50cnkaLgoMRW50cmllc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqXAoKU2VjcmV0S2luZBIbChdTRUNSRVRfS0lORF9VTlNQRUNJRklFRBAAEhYKElNFQ1JFVF9LSU5EX01BTlVBTBABEhkKFVNFQ1JFVF9LSU5EX0FVVE9NQVRJQxACKlgKClNlY3JldFR5cGUSGwoXU0VDUkVUX1RZUEVfVU5TUEVDSUZJRUQQABIWChJTRUNSRVRfVFlQRV9TRUNSRVQQARIVChFTRUNSRVRfVFlQRV9UT0tFThACKr8BCgxWZXJzaW9uU3RhdGUSHQoZVkVSU0lPTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFZFUlNJT05fU1RBVEVfQUNUSVZFEAESHQoZVkVSU0lPTl9TVEFURV9ERUFDVElWQVRFRBACEhsKF1ZFUlNJT05fU1RBVEVfU1VTUEVOREVEEAMSHQoZVkVSU0lPTl9TVEFURV9DT01QUk9NSVNFRBAEEhsKF1ZFUlNJT05fU1RBVEVfREVTVFJPWUVEEAUqjAIKD1NlY3JldEV2ZW50VHlwZRIhCh1TRUNSRVRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1NUQVJURUQQARIdChlTRUNSRVRfRVZFTlRfVFlQRV9DUkVBVEVEEAISHQoZU0VDUkVUX0VWRU5UX1RZUEVfUk9UQVRFRBADEh0KGVNFQ1JFVF9FVkVOVF9UWVBFX1VQREFURUQQBBIdChlTRUNSRVRfRVZFTlRfVFlQRV9ERUxFVEVEEAUSGwoXU0VDUkVUX0VWRU5UX1RZUEVfUkVTRVQQBhIeChpTRUNSRVRfRVZFTlRfVFlQRV9SRVNUT1JFRBAHYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Secret is the metadata of a secret. It never carries a value.
@@ -102,6 +102,61 @@ export type Secret = Message<"latchkey.v1.Secret"> & {
    * @generated from field: string store = 13;
    */
   store: string;
+
+  /**
+   * @generated from field: latchkey.v1.SecretType type = 14;
+   */
+  type: SecretType;
+
+  /**
+   * A folder path, for grouping; empty for none.
+   *
+   * @generated from field: string folder = 15;
+   */
+  folder: string;
+
+  /**
+   * @generated from field: repeated string tags = 16;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: map<string, string> metadata = 17;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * After this time the secret is not served.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 18;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * True once expires_at has passed.
+   *
+   * @generated from field: bool expired = 19;
+   */
+  expired: boolean;
+
+  /**
+   * Set while the secret is deleted and restorable (UndeleteSecret) until purge_at.
+   *
+   * @generated from field: google.protobuf.Timestamp deleted_at = 20;
+   */
+  deletedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp purge_at = 21;
+   */
+  purgeAt?: Timestamp | undefined;
+
+  /**
+   * The current version holds bytes (binary_value) rather than text.
+   *
+   * @generated from field: bool binary = 22;
+   */
+  binary: boolean;
 };
 
 /**
@@ -140,6 +195,25 @@ export type SecretVersion = Message<"latchkey.v1.SecretVersion"> & {
    * @generated from field: bool current = 4;
    */
   current: boolean;
+
+  /**
+   * @generated from field: latchkey.v1.VersionState state = 5;
+   */
+  state: VersionState;
+
+  /**
+   * The version holds bytes rather than text.
+   *
+   * @generated from field: bool binary = 6;
+   */
+  binary: boolean;
+
+  /**
+   * Whether VerifySecret accepts this version now.
+   *
+   * @generated from field: bool valid = 7;
+   */
+  valid: boolean;
 };
 
 /**
@@ -148,6 +222,44 @@ export type SecretVersion = Message<"latchkey.v1.SecretVersion"> & {
  */
 export const SecretVersionSchema: GenMessage<SecretVersion> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_secret, 1);
+
+/**
+ * TagList is a list of tags, as a message so an update can tell "set to none" from "leave as is".
+ *
+ * @generated from message latchkey.v1.TagList
+ */
+export type TagList = Message<"latchkey.v1.TagList"> & {
+  /**
+   * @generated from field: repeated string values = 1;
+   */
+  values: string[];
+};
+
+/**
+ * Describes the message latchkey.v1.TagList.
+ * Use `create(TagListSchema)` to create a new message.
+ */
+export const TagListSchema: GenMessage<TagList> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret, 2);
+
+/**
+ * MetadataMap is a string map, as a message so an update can tell "set to empty" from "leave as is".
+ *
+ * @generated from message latchkey.v1.MetadataMap
+ */
+export type MetadataMap = Message<"latchkey.v1.MetadataMap"> & {
+  /**
+   * @generated from field: map<string, string> entries = 1;
+   */
+  entries: { [key: string]: string };
+};
+
+/**
+ * Describes the message latchkey.v1.MetadataMap.
+ * Use `create(MetadataMapSchema)` to create a new message.
+ */
+export const MetadataMapSchema: GenMessage<MetadataMap> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret, 3);
 
 /**
  * SecretKind says who produces a secret's values.
@@ -180,6 +292,88 @@ export enum SecretKind {
  */
 export const SecretKindSchema: GenEnum<SecretKind> = /*@__PURE__*/
   enumDesc(file_latchkey_v1_secret, 0);
+
+/**
+ * SecretType says what a secret is for (informational).
+ *
+ * @generated from enum latchkey.v1.SecretType
+ */
+export enum SecretType {
+  /**
+   * @generated from enum value: SECRET_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: SECRET_TYPE_SECRET = 1;
+   */
+  SECRET = 1,
+
+  /**
+   * @generated from enum value: SECRET_TYPE_TOKEN = 2;
+   */
+  TOKEN = 2,
+}
+
+/**
+ * Describes the enum latchkey.v1.SecretType.
+ */
+export const SecretTypeSchema: GenEnum<SecretType> = /*@__PURE__*/
+  enumDesc(file_latchkey_v1_secret, 1);
+
+/**
+ * VersionState is the state of one version of a secret.
+ *
+ * @generated from enum latchkey.v1.VersionState
+ */
+export enum VersionState {
+  /**
+   * @generated from enum value: VERSION_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Usable. The newest active version is the current one; older active versions stay valid for VerifySecret
+   * until their grace window ends.
+   *
+   * @generated from enum value: VERSION_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Retired: never valid for VerifySecret, still readable by explicit version.
+   *
+   * @generated from enum value: VERSION_STATE_DEACTIVATED = 2;
+   */
+  DEACTIVATED = 2,
+
+  /**
+   * Disabled for now: not served, not valid; can be made active again.
+   *
+   * @generated from enum value: VERSION_STATE_SUSPENDED = 3;
+   */
+  SUSPENDED = 3,
+
+  /**
+   * Known to be leaked: never served or valid again; can only be destroyed.
+   *
+   * @generated from enum value: VERSION_STATE_COMPROMISED = 4;
+   */
+  COMPROMISED = 4,
+
+  /**
+   * Its value is gone for good.
+   *
+   * @generated from enum value: VERSION_STATE_DESTROYED = 5;
+   */
+  DESTROYED = 5,
+}
+
+/**
+ * Describes the enum latchkey.v1.VersionState.
+ */
+export const VersionStateSchema: GenEnum<VersionState> = /*@__PURE__*/
+  enumDesc(file_latchkey_v1_secret, 2);
 
 /**
  * SecretEventType says what a WatchSecrets event reports.
@@ -233,11 +427,18 @@ export enum SecretEventType {
    * @generated from enum value: SECRET_EVENT_TYPE_RESET = 6;
    */
   RESET = 6,
+
+  /**
+   * A deleted secret was restored.
+   *
+   * @generated from enum value: SECRET_EVENT_TYPE_RESTORED = 7;
+   */
+  RESTORED = 7,
 }
 
 /**
  * Describes the enum latchkey.v1.SecretEventType.
  */
 export const SecretEventTypeSchema: GenEnum<SecretEventType> = /*@__PURE__*/
-  enumDesc(file_latchkey_v1_secret, 1);
+  enumDesc(file_latchkey_v1_secret, 3);
 

@@ -2,11 +2,11 @@
 // @generated from file latchkey/v1/secret_service.proto (package latchkey.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Secret, SecretEventType, SecretKind, SecretVersion } from "./secret_pb.js";
+import type { MetadataMap, Secret, SecretEventType, SecretKind, SecretType, SecretVersion, TagList, VersionState } from "./secret_pb.js";
 import { file_latchkey_v1_secret } from "./secret_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/secret_service.proto.
  */
 export const file_latchkey_v1_secret_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEi8gEKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBXN0b3JlGAcgASgJQggKBl92YWx1ZSJ2ChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSJAChBHZXRTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDRINCgVzdG9yZRgDIAEoCSJ0ChFHZXRTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYAyABKAkiXwoSTGlzdFNlY3JldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJEg0KBXN0b3JlGAQgASgJIlQKE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiAIKE1VwZGF0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgV2YWx1ZRgCIAEoCUgAiAEBEhgKC2Rlc2NyaXB0aW9uGAMgASgJSAGIAQESJQoEa2luZBgEIAEoDjIXLmxhdGNoa2V5LnYxLlNlY3JldEtpbmQSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBXN0b3JlGAcgASgJQggKBl92YWx1ZUIOCgxfZGVzY3JpcHRpb24iOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IjIKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVzdG9yZRgCIAEoCSIWChREZWxldGVTZWNyZXRSZXNwb25zZSIyChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFc3RvcmUYAiABKAkidwoUUm90YXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0EisKB3ZlcnNpb24YAiABKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uEg0KBXZhbHVlGAMgASgJIkEKE1ZlcmlmeVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgV2YWx1ZRgCIAEoCRINCgVzdG9yZRgDIAEoCSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNIk8KE1dhdGNoU2VjcmV0c1JlcXVlc3QSEwoLbmFtZV9wcmVmaXgYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEg0KBXN0b3JlGAMgASgJIoICChRXYXRjaFNlY3JldHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0RXZlbnRUeXBlEgoKAmlkGAIgASgJEg0KBXN0b3JlGAMgASgJEgwKBG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIQCghyZXZpc2lvbhgGIAEoBBImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbmV4dF9yb3RhdGlvbl9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdW1lX3Rva2VuGAkgASgJMr4FCg1TZWNyZXRTZXJ2aWNlElAKC1N0b3JlU2VjcmV0Eh8ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0GiAubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXNwb25zZRJPCglHZXRTZWNyZXQSHS5sYXRjaGtleS52MS5HZXRTZWNyZXRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJVCgtMaXN0U2VjcmV0cxIfLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJTCgxVcGRhdGVTZWNyZXQSIC5sYXRjaGtleS52MS5VcGRhdGVTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVzcG9uc2USWAoMRGVsZXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlIgOQAgISUwoMUm90YXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElMKDFZlcmlmeVNlY3JldBIgLmxhdGNoa2V5LnYxLlZlcmlmeVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXNwb25zZRJaCgxXYXRjaFNlY3JldHMSIC5sYXRjaGtleS52MS5XYXRjaFNlY3JldHNSZXF1ZXN0GiEubGF0Y2hrZXkudjEuV2F0Y2hTZWNyZXRzUmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_latchkey_v1_secret]);
+  fileDesc("CiBsYXRjaGtleS92MS9zZWNyZXRfc2VydmljZS5wcm90bxILbGF0Y2hrZXkudjEihQQKElN0b3JlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBGtpbmQYAiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEhIKBXZhbHVlGAMgASgJSACIAQESEwoLZGVzY3JpcHRpb24YBCABKAkSNAoRcm90YXRpb25faW50ZXJ2YWwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBXN0b3JlGAcgASgJEhkKDGJpbmFyeV92YWx1ZRgIIAEoDEgBiAEBEiUKBHR5cGUYCSABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRUeXBlEg4KBmZvbGRlchgKIAEoCRIMCgR0YWdzGAsgAygJEj8KCG1ldGFkYXRhGAwgAygLMi0ubGF0Y2hrZXkudjEuU3RvcmVTZWNyZXRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoKZXhwaXJlc19hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQggKBl92YWx1ZUIPCg1fYmluYXJ5X3ZhbHVlIowBChNTdG9yZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCRIUCgxiaW5hcnlfdmFsdWUYBCABKAwiQAoQR2V0U2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKA0SDQoFc3RvcmUYAyABKAkiigEKEUdldFNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCRIUCgxiaW5hcnlfdmFsdWUYBCABKAwiqQEKEkxpc3RTZWNyZXRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRITCgtuYW1lX3ByZWZpeBgDIAEoCRINCgVzdG9yZRgEIAEoCRIOCgZmb2xkZXIYBSABKAkSCwoDdGFnGAYgASgJEisKBXN0YXRlGAcgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0TGlzdFN0YXRlIm0KE0xpc3RTZWNyZXRzUmVzcG9uc2USJAoHc2VjcmV0cxgBIAMoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFwoPcHJldl9wYWdlX3Rva2VuGAMgASgJIrAEChNVcGRhdGVTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoFdmFsdWUYAiABKAlIAIgBARIYCgtkZXNjcmlwdGlvbhgDIAEoCUgBiAEBEiUKBGtpbmQYBCABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRLaW5kEjQKEXJvdGF0aW9uX2ludGVydmFsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDGdyYWNlX3BlcmlvZBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVzdG9yZRgHIAEoCRIZCgxiaW5hcnlfdmFsdWUYCCABKAxIAogBARIlCgR0eXBlGAkgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0VHlwZRITCgZmb2xkZXIYCiABKAlIA4gBARIiCgR0YWdzGAsgASgLMhQubGF0Y2hrZXkudjEuVGFnTGlzdBIqCghtZXRhZGF0YRgMIAEoCzIYLmxhdGNoa2V5LnYxLk1ldGFkYXRhTWFwEi4KCmV4cGlyZXNfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEGNsZWFyX2V4cGlyZXNfYXQYDiABKAgSGQoRZXhwZWN0ZWRfcmV2aXNpb24YDyABKARCCAoGX3ZhbHVlQg4KDF9kZXNjcmlwdGlvbkIPCg1fYmluYXJ5X3ZhbHVlQgkKB19mb2xkZXIiOwoUVXBkYXRlU2VjcmV0UmVzcG9uc2USIwoGc2VjcmV0GAEgASgLMhMubGF0Y2hrZXkudjEuU2VjcmV0IlwKE0RlbGV0ZVNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVzdG9yZRgCIAEoCRINCgVwdXJnZRgDIAEoCBIZChFleHBlY3RlZF9yZXZpc2lvbhgEIAEoBCIWChREZWxldGVTZWNyZXRSZXNwb25zZSKAAQoTUm90YXRlU2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXN0b3JlGAIgASgJEjEKDnByZXZpb3VzX3N0YXRlGAMgASgOMhkubGF0Y2hrZXkudjEuVmVyc2lvblN0YXRlEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgEIncKFFJvdGF0ZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldBIrCgd2ZXJzaW9uGAIgASgLMhoubGF0Y2hrZXkudjEuU2VjcmV0VmVyc2lvbhINCgV2YWx1ZRgDIAEoCSJ8ChNWZXJpZnlTZWNyZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoFdmFsdWUYAiABKAlIAIgBARINCgVzdG9yZRgDIAEoCRIZCgxiaW5hcnlfdmFsdWUYBCABKAxIAYgBAUIICgZfdmFsdWVCDwoNX2JpbmFyeV92YWx1ZSI2ChRWZXJpZnlTZWNyZXRSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIPCgd2ZXJzaW9uGAIgASgNIk8KE1dhdGNoU2VjcmV0c1JlcXVlc3QSEwoLbmFtZV9wcmVmaXgYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEg0KBXN0b3JlGAMgASgJIoICChRXYXRjaFNlY3JldHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwubGF0Y2hrZXkudjEuU2VjcmV0RXZlbnRUeXBlEgoKAmlkGAIgASgJEg0KBXN0b3JlGAMgASgJEgwKBG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIQCghyZXZpc2lvbhgGIAEoBBImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbmV4dF9yb3RhdGlvbl9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdW1lX3Rva2VuGAkgASgJIjgKGUxpc3RTZWNyZXRWZXJzaW9uc1JlcXVlc3QSDQoFc3RvcmUYASABKAkSDAoEbmFtZRgCIAEoCSJvChpMaXN0U2VjcmV0VmVyc2lvbnNSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSLAoIdmVyc2lvbnMYAiADKAsyGi5sYXRjaGtleS52MS5TZWNyZXRWZXJzaW9uIosBChZTZXRWZXJzaW9uU3RhdGVSZXF1ZXN0Eg0KBXN0b3JlGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVyc2lvbhgDIAEoDRIoCgVzdGF0ZRgEIAEoDjIZLmxhdGNoa2V5LnYxLlZlcnNpb25TdGF0ZRIZChFleHBlY3RlZF9yZXZpc2lvbhgFIAEoBCJrChdTZXRWZXJzaW9uU3RhdGVSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgCIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24iQAoVVW5kZWxldGVTZWNyZXRSZXF1ZXN0Eg0KBXN0b3JlGAEgASgJEgwKBG5hbWUYAiABKAkSCgoCaWQYAyABKAkiPQoWVW5kZWxldGVTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQiUwoRQ29weVNlY3JldFJlcXVlc3QSDQoFc3RvcmUYASABKAkSDAoEbmFtZRgCIAEoCRIQCgh0b19zdG9yZRgDIAEoCRIPCgd0b19uYW1lGAQgASgJIjkKEkNvcHlTZWNyZXRSZXNwb25zZRIjCgZzZWNyZXQYASABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQiXwoTUmVuYW1lU2VjcmV0UmVxdWVzdBINCgVzdG9yZRgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCG5ld19uYW1lGAMgASgJEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgEIjsKFFJlbmFtZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldCJuChFNb3ZlU2VjcmV0UmVxdWVzdBINCgVzdG9yZRgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHRvX3N0b3JlGAMgASgJEg8KB3RvX25hbWUYBCABKAkSGQoRZXhwZWN0ZWRfcmV2aXNpb24YBSABKAQiOQoSTW92ZVNlY3JldFJlc3BvbnNlEiMKBnNlY3JldBgBIAEoCzITLmxhdGNoa2V5LnYxLlNlY3JldCKABAoMU2VjcmV0VXBzZXJ0EgwKBG5hbWUYASABKAkSEgoFdmFsdWUYAiABKAlIAIgBARIZCgxiaW5hcnlfdmFsdWUYAyABKAxIAYgBARIlCgRraW5kGAQgASgOMhcubGF0Y2hrZXkudjEuU2VjcmV0S2luZBIYCgtkZXNjcmlwdGlvbhgFIAEoCUgCiAEBEiUKBHR5cGUYBiABKA4yFy5sYXRjaGtleS52MS5TZWNyZXRUeXBlEhMKBmZvbGRlchgHIAEoCUgDiAEBEiIKBHRhZ3MYCCABKAsyFC5sYXRjaGtleS52MS5UYWdMaXN0EioKCG1ldGFkYXRhGAkgASgLMhgubGF0Y2hrZXkudjEuTWV0YWRhdGFNYXASLgoKZXhwaXJlc19hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoRcm90YXRpb25faW50ZXJ2YWwYCyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZ3JhY2VfcGVyaW9kGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEWV4cGVjdGVkX3JldmlzaW9uGA0gASgEQggKBl92YWx1ZUIPCg1fYmluYXJ5X3ZhbHVlQg4KDF9kZXNjcmlwdGlvbkIJCgdfZm9sZGVyIkkKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgJEg4KBnJlYXNvbhgCIAEoCRINCgVmaWVsZBgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIoEBCgpJdGVtUmVzdWx0EgwKBG5hbWUYASABKAkSCgoCb2sYAiABKAgSDwoHY3JlYXRlZBgDIAEoCBIPCgd2ZXJzaW9uGAQgASgNEhAKCHJldmlzaW9uGAUgASgEEiUKBWVycm9yGAYgASgLMhYubGF0Y2hrZXkudjEuSXRlbUVycm9yInQKGUJhdGNoVXBzZXJ0U2VjcmV0c1JlcXVlc3QSDQoFc3RvcmUYASABKAkSKAoFaXRlbXMYAiADKAsyGS5sYXRjaGtleS52MS5TZWNyZXRVcHNlcnQSEwoGYXRvbWljGAMgASgISACIAQFCCQoHX2F0b21pYyJGChpCYXRjaFVwc2VydFNlY3JldHNSZXNwb25zZRIoCgdyZXN1bHRzGAEgAygLMhcubGF0Y2hrZXkudjEuSXRlbVJlc3VsdCJoChlCYXRjaERlbGV0ZVNlY3JldHNSZXF1ZXN0Eg0KBXN0b3JlGAEgASgJEg0KBW5hbWVzGAIgAygJEhMKBmF0b21pYxgDIAEoCEgAiAEBEg0KBXB1cmdlGAQgASgIQgkKB19hdG9taWMiRgoaQmF0Y2hEZWxldGVTZWNyZXRzUmVzcG9uc2USKAoHcmVzdWx0cxgBIAMoCzIXLmxhdGNoa2V5LnYxLkl0ZW1SZXN1bHQiNgoWQmF0Y2hHZXRTZWNyZXRzUmVxdWVzdBINCgVzdG9yZRgBIAEoCRINCgVuYW1lcxgCIAMoCSK/AQoRU2VjcmV0VmFsdWVSZXN1bHQSDAoEbmFtZRgBIAEoCRIjCgZzZWNyZXQYAiABKAsyEy5sYXRjaGtleS52MS5TZWNyZXQSKwoHdmVyc2lvbhgDIAEoCzIaLmxhdGNoa2V5LnYxLlNlY3JldFZlcnNpb24SDQoFdmFsdWUYBCABKAkSFAoMYmluYXJ5X3ZhbHVlGAUgASgMEiUKBWVycm9yGAYgASgLMhYubGF0Y2hrZXkudjEuSXRlbUVycm9yIkoKF0JhdGNoR2V0U2VjcmV0c1Jlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5sYXRjaGtleS52MS5TZWNyZXRWYWx1ZVJlc3VsdCqQAQoPU2VjcmV0TGlzdFN0YXRlEiEKHVNFQ1JFVF9MSVNUX1NUQVRFX1VOU1BFQ0lGSUVEEAASHAoYU0VDUkVUX0xJU1RfU1RBVEVfQUNUSVZFEAESHQoZU0VDUkVUX0xJU1RfU1RBVEVfRVhQSVJFRBACEh0KGVNFQ1JFVF9MSVNUX1NUQVRFX0RFTEVURUQQAzKHDAoNU2VjcmV0U2VydmljZRJQCgtTdG9yZVNlY3JldBIfLmxhdGNoa2V5LnYxLlN0b3JlU2VjcmV0UmVxdWVzdBogLmxhdGNoa2V5LnYxLlN0b3JlU2VjcmV0UmVzcG9uc2USTwoJR2V0U2VjcmV0Eh0ubGF0Y2hrZXkudjEuR2V0U2VjcmV0UmVxdWVzdBoeLmxhdGNoa2V5LnYxLkdldFNlY3JldFJlc3BvbnNlIgOQAgESVQoLTGlzdFNlY3JldHMSHy5sYXRjaGtleS52MS5MaXN0U2VjcmV0c1JlcXVlc3QaIC5sYXRjaGtleS52MS5MaXN0U2VjcmV0c1Jlc3BvbnNlIgOQAgESUwoMVXBkYXRlU2VjcmV0EiAubGF0Y2hrZXkudjEuVXBkYXRlU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlVwZGF0ZVNlY3JldFJlc3BvbnNlElgKDERlbGV0ZVNlY3JldBIgLmxhdGNoa2V5LnYxLkRlbGV0ZVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5EZWxldGVTZWNyZXRSZXNwb25zZSIDkAICElMKDFJvdGF0ZVNlY3JldBIgLmxhdGNoa2V5LnYxLlJvdGF0ZVNlY3JldFJlcXVlc3QaIS5sYXRjaGtleS52MS5Sb3RhdGVTZWNyZXRSZXNwb25zZRJTCgxWZXJpZnlTZWNyZXQSIC5sYXRjaGtleS52MS5WZXJpZnlTZWNyZXRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVmVyaWZ5U2VjcmV0UmVzcG9uc2USagoSTGlzdFNlY3JldFZlcnNpb25zEiYubGF0Y2hrZXkudjEuTGlzdFNlY3JldFZlcnNpb25zUmVxdWVzdBonLmxhdGNoa2V5LnYxLkxpc3RTZWNyZXRWZXJzaW9uc1Jlc3BvbnNlIgOQAgESXAoPU2V0VmVyc2lvblN0YXRlEiMubGF0Y2hrZXkudjEuU2V0VmVyc2lvblN0YXRlUmVxdWVzdBokLmxhdGNoa2V5LnYxLlNldFZlcnNpb25TdGF0ZVJlc3BvbnNlElkKDlVuZGVsZXRlU2VjcmV0EiIubGF0Y2hrZXkudjEuVW5kZWxldGVTZWNyZXRSZXF1ZXN0GiMubGF0Y2hrZXkudjEuVW5kZWxldGVTZWNyZXRSZXNwb25zZRJNCgpDb3B5U2VjcmV0Eh4ubGF0Y2hrZXkudjEuQ29weVNlY3JldFJlcXVlc3QaHy5sYXRjaGtleS52MS5Db3B5U2VjcmV0UmVzcG9uc2USUwoMUmVuYW1lU2VjcmV0EiAubGF0Y2hrZXkudjEuUmVuYW1lU2VjcmV0UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJlbmFtZVNlY3JldFJlc3BvbnNlEk0KCk1vdmVTZWNyZXQSHi5sYXRjaGtleS52MS5Nb3ZlU2VjcmV0UmVxdWVzdBofLmxhdGNoa2V5LnYxLk1vdmVTZWNyZXRSZXNwb25zZRJlChJCYXRjaFVwc2VydFNlY3JldHMSJi5sYXRjaGtleS52MS5CYXRjaFVwc2VydFNlY3JldHNSZXF1ZXN0GicubGF0Y2hrZXkudjEuQmF0Y2hVcHNlcnRTZWNyZXRzUmVzcG9uc2USZQoSQmF0Y2hEZWxldGVTZWNyZXRzEiYubGF0Y2hrZXkudjEuQmF0Y2hEZWxldGVTZWNyZXRzUmVxdWVzdBonLmxhdGNoa2V5LnYxLkJhdGNoRGVsZXRlU2VjcmV0c1Jlc3BvbnNlEmEKD0JhdGNoR2V0U2VjcmV0cxIjLmxhdGNoa2V5LnYxLkJhdGNoR2V0U2VjcmV0c1JlcXVlc3QaJC5sYXRjaGtleS52MS5CYXRjaEdldFNlY3JldHNSZXNwb25zZSIDkAIBEloKDFdhdGNoU2VjcmV0cxIgLmxhdGNoa2V5LnYxLldhdGNoU2VjcmV0c1JlcXVlc3QaIS5sYXRjaGtleS52MS5XYXRjaFNlY3JldHNSZXNwb25zZSIDkAIBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_latchkey_v1_secret]);
 
 /**
  * @generated from message latchkey.v1.StoreSecretRequest
@@ -66,6 +66,38 @@ export type StoreSecretRequest = Message<"latchkey.v1.StoreSecretRequest"> & {
    * @generated from field: string store = 7;
    */
   store: string;
+
+  /**
+   * A binary value instead of a text one (base64 in JSON), at most 65,536 bytes.
+   *
+   * @generated from field: optional bytes binary_value = 8;
+   */
+  binaryValue?: Uint8Array | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretType type = 9;
+   */
+  type: SecretType;
+
+  /**
+   * @generated from field: string folder = 10;
+   */
+  folder: string;
+
+  /**
+   * @generated from field: repeated string tags = 11;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: map<string, string> metadata = 12;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 13;
+   */
+  expiresAt?: Timestamp | undefined;
 };
 
 /**
@@ -95,6 +127,13 @@ export type StoreSecretResponse = Message<"latchkey.v1.StoreSecretResponse"> & {
    * @generated from field: string value = 3;
    */
   value: string;
+
+  /**
+   * The value of the first version, when it is binary.
+   *
+   * @generated from field: bytes binary_value = 4;
+   */
+  binaryValue: Uint8Array;
 };
 
 /**
@@ -153,6 +192,13 @@ export type GetSecretResponse = Message<"latchkey.v1.GetSecretResponse"> & {
    * @generated from field: string value = 3;
    */
   value: string;
+
+  /**
+   * The value, when the version holds bytes (value is then empty).
+   *
+   * @generated from field: bytes binary_value = 4;
+   */
+  binaryValue: Uint8Array;
 };
 
 /**
@@ -193,6 +239,27 @@ export type ListSecretsRequest = Message<"latchkey.v1.ListSecretsRequest"> & {
    * @generated from field: string store = 4;
    */
   store: string;
+
+  /**
+   * Only secrets in exactly this folder.
+   *
+   * @generated from field: string folder = 5;
+   */
+  folder: string;
+
+  /**
+   * Only secrets carrying this tag.
+   *
+   * @generated from field: string tag = 6;
+   */
+  tag: string;
+
+  /**
+   * Which secrets: live (default), active (not expired), expired, or deleted (restorable).
+   *
+   * @generated from field: latchkey.v1.SecretListState state = 7;
+   */
+  state: SecretListState;
 };
 
 /**
@@ -217,6 +284,13 @@ export type ListSecretsResponse = Message<"latchkey.v1.ListSecretsResponse"> & {
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
+
+  /**
+   * The token of the page before this one; empty on the first page. Pass it as page_token to page backward.
+   *
+   * @generated from field: string prev_page_token = 3;
+   */
+  prevPageToken: string;
 };
 
 /**
@@ -270,6 +344,54 @@ export type UpdateSecretRequest = Message<"latchkey.v1.UpdateSecretRequest"> & {
    * @generated from field: string store = 7;
    */
   store: string;
+
+  /**
+   * @generated from field: optional bytes binary_value = 8;
+   */
+  binaryValue?: Uint8Array | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretType type = 9;
+   */
+  type: SecretType;
+
+  /**
+   * @generated from field: optional string folder = 10;
+   */
+  folder?: string | undefined;
+
+  /**
+   * Replaces the tags when set.
+   *
+   * @generated from field: latchkey.v1.TagList tags = 11;
+   */
+  tags?: TagList | undefined;
+
+  /**
+   * Replaces the metadata when set.
+   *
+   * @generated from field: latchkey.v1.MetadataMap metadata = 12;
+   */
+  metadata?: MetadataMap | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 13;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Removes the expiration.
+   *
+   * @generated from field: bool clear_expires_at = 14;
+   */
+  clearExpiresAt: boolean;
+
+  /**
+   * Check-and-set: the revision last read; the update fails with FAILED_PRECONDITION if it changed. 0: no check.
+   *
+   * @generated from field: uint64 expected_revision = 15;
+   */
+  expectedRevision: bigint;
 };
 
 /**
@@ -311,6 +433,18 @@ export type DeleteSecretRequest = Message<"latchkey.v1.DeleteSecretRequest"> & {
    * @generated from field: string store = 2;
    */
   store: string;
+
+  /**
+   * Delete for good now instead of keeping the secret restorable for the retention window.
+   *
+   * @generated from field: bool purge = 3;
+   */
+  purge: boolean;
+
+  /**
+   * @generated from field: uint64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
 };
 
 /**
@@ -348,6 +482,18 @@ export type RotateSecretRequest = Message<"latchkey.v1.RotateSecretRequest"> & {
    * @generated from field: string store = 2;
    */
   store: string;
+
+  /**
+   * The state the previous version takes; unset: it stays valid for the grace period.
+   *
+   * @generated from field: latchkey.v1.VersionState previous_state = 3;
+   */
+  previousState: VersionState;
+
+  /**
+   * @generated from field: uint64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
 };
 
 /**
@@ -394,9 +540,9 @@ export type VerifySecretRequest = Message<"latchkey.v1.VerifySecretRequest"> & {
   name: string;
 
   /**
-   * @generated from field: string value = 2;
+   * @generated from field: optional string value = 2;
    */
-  value: string;
+  value?: string | undefined;
 
   /**
    * The store holding the secret; empty means "default".
@@ -404,6 +550,13 @@ export type VerifySecretRequest = Message<"latchkey.v1.VerifySecretRequest"> & {
    * @generated from field: string store = 3;
    */
   store: string;
+
+  /**
+   * A binary value to check instead of a text one.
+   *
+   * @generated from field: optional bytes binary_value = 4;
+   */
+  binaryValue?: Uint8Array | undefined;
 };
 
 /**
@@ -536,6 +689,705 @@ export const WatchSecretsResponseSchema: GenMessage<WatchSecretsResponse> = /*@_
   messageDesc(file_latchkey_v1_secret_service, 15);
 
 /**
+ * @generated from message latchkey.v1.ListSecretVersionsRequest
+ */
+export type ListSecretVersionsRequest = Message<"latchkey.v1.ListSecretVersionsRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListSecretVersionsRequest.
+ * Use `create(ListSecretVersionsRequestSchema)` to create a new message.
+ */
+export const ListSecretVersionsRequestSchema: GenMessage<ListSecretVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 16);
+
+/**
+ * @generated from message latchkey.v1.ListSecretVersionsResponse
+ */
+export type ListSecretVersionsResponse = Message<"latchkey.v1.ListSecretVersionsResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated latchkey.v1.SecretVersion versions = 2;
+   */
+  versions: SecretVersion[];
+};
+
+/**
+ * Describes the message latchkey.v1.ListSecretVersionsResponse.
+ * Use `create(ListSecretVersionsResponseSchema)` to create a new message.
+ */
+export const ListSecretVersionsResponseSchema: GenMessage<ListSecretVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 17);
+
+/**
+ * @generated from message latchkey.v1.SetVersionStateRequest
+ */
+export type SetVersionStateRequest = Message<"latchkey.v1.SetVersionStateRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint32 version = 3;
+   */
+  version: number;
+
+  /**
+   * @generated from field: latchkey.v1.VersionState state = 4;
+   */
+  state: VersionState;
+
+  /**
+   * @generated from field: uint64 expected_revision = 5;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message latchkey.v1.SetVersionStateRequest.
+ * Use `create(SetVersionStateRequestSchema)` to create a new message.
+ */
+export const SetVersionStateRequestSchema: GenMessage<SetVersionStateRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 18);
+
+/**
+ * @generated from message latchkey.v1.SetVersionStateResponse
+ */
+export type SetVersionStateResponse = Message<"latchkey.v1.SetVersionStateResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretVersion version = 2;
+   */
+  version?: SecretVersion | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.SetVersionStateResponse.
+ * Use `create(SetVersionStateResponseSchema)` to create a new message.
+ */
+export const SetVersionStateResponseSchema: GenMessage<SetVersionStateResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 19);
+
+/**
+ * @generated from message latchkey.v1.UndeleteSecretRequest
+ */
+export type UndeleteSecretRequest = Message<"latchkey.v1.UndeleteSecretRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Which deleted secret of that name; empty: the most recently deleted.
+   *
+   * @generated from field: string id = 3;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message latchkey.v1.UndeleteSecretRequest.
+ * Use `create(UndeleteSecretRequestSchema)` to create a new message.
+ */
+export const UndeleteSecretRequestSchema: GenMessage<UndeleteSecretRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 20);
+
+/**
+ * @generated from message latchkey.v1.UndeleteSecretResponse
+ */
+export type UndeleteSecretResponse = Message<"latchkey.v1.UndeleteSecretResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.UndeleteSecretResponse.
+ * Use `create(UndeleteSecretResponseSchema)` to create a new message.
+ */
+export const UndeleteSecretResponseSchema: GenMessage<UndeleteSecretResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 21);
+
+/**
+ * @generated from message latchkey.v1.CopySecretRequest
+ */
+export type CopySecretRequest = Message<"latchkey.v1.CopySecretRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The store of the copy; empty: the same store.
+   *
+   * @generated from field: string to_store = 3;
+   */
+  toStore: string;
+
+  /**
+   * @generated from field: string to_name = 4;
+   */
+  toName: string;
+};
+
+/**
+ * Describes the message latchkey.v1.CopySecretRequest.
+ * Use `create(CopySecretRequestSchema)` to create a new message.
+ */
+export const CopySecretRequestSchema: GenMessage<CopySecretRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 22);
+
+/**
+ * @generated from message latchkey.v1.CopySecretResponse
+ */
+export type CopySecretResponse = Message<"latchkey.v1.CopySecretResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.CopySecretResponse.
+ * Use `create(CopySecretResponseSchema)` to create a new message.
+ */
+export const CopySecretResponseSchema: GenMessage<CopySecretResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 23);
+
+/**
+ * @generated from message latchkey.v1.RenameSecretRequest
+ */
+export type RenameSecretRequest = Message<"latchkey.v1.RenameSecretRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string new_name = 3;
+   */
+  newName: string;
+
+  /**
+   * @generated from field: uint64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message latchkey.v1.RenameSecretRequest.
+ * Use `create(RenameSecretRequestSchema)` to create a new message.
+ */
+export const RenameSecretRequestSchema: GenMessage<RenameSecretRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 24);
+
+/**
+ * @generated from message latchkey.v1.RenameSecretResponse
+ */
+export type RenameSecretResponse = Message<"latchkey.v1.RenameSecretResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.RenameSecretResponse.
+ * Use `create(RenameSecretResponseSchema)` to create a new message.
+ */
+export const RenameSecretResponseSchema: GenMessage<RenameSecretResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 25);
+
+/**
+ * @generated from message latchkey.v1.MoveSecretRequest
+ */
+export type MoveSecretRequest = Message<"latchkey.v1.MoveSecretRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string to_store = 3;
+   */
+  toStore: string;
+
+  /**
+   * Empty: keep the name.
+   *
+   * @generated from field: string to_name = 4;
+   */
+  toName: string;
+
+  /**
+   * @generated from field: uint64 expected_revision = 5;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message latchkey.v1.MoveSecretRequest.
+ * Use `create(MoveSecretRequestSchema)` to create a new message.
+ */
+export const MoveSecretRequestSchema: GenMessage<MoveSecretRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 26);
+
+/**
+ * @generated from message latchkey.v1.MoveSecretResponse
+ */
+export type MoveSecretResponse = Message<"latchkey.v1.MoveSecretResponse"> & {
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 1;
+   */
+  secret?: Secret | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.MoveSecretResponse.
+ * Use `create(MoveSecretResponseSchema)` to create a new message.
+ */
+export const MoveSecretResponseSchema: GenMessage<MoveSecretResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 27);
+
+/**
+ * SecretUpsert is one item of BatchUpsertSecrets: created if absent, updated if present.
+ *
+ * @generated from message latchkey.v1.SecretUpsert
+ */
+export type SecretUpsert = Message<"latchkey.v1.SecretUpsert"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: optional string value = 2;
+   */
+  value?: string | undefined;
+
+  /**
+   * @generated from field: optional bytes binary_value = 3;
+   */
+  binaryValue?: Uint8Array | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretKind kind = 4;
+   */
+  kind: SecretKind;
+
+  /**
+   * @generated from field: optional string description = 5;
+   */
+  description?: string | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretType type = 6;
+   */
+  type: SecretType;
+
+  /**
+   * @generated from field: optional string folder = 7;
+   */
+  folder?: string | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.TagList tags = 8;
+   */
+  tags?: TagList | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.MetadataMap metadata = 9;
+   */
+  metadata?: MetadataMap | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 10;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration rotation_interval = 11;
+   */
+  rotationInterval?: Duration | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration grace_period = 12;
+   */
+  gracePeriod?: Duration | undefined;
+
+  /**
+   * @generated from field: uint64 expected_revision = 13;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message latchkey.v1.SecretUpsert.
+ * Use `create(SecretUpsertSchema)` to create a new message.
+ */
+export const SecretUpsertSchema: GenMessage<SecretUpsert> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 28);
+
+/**
+ * ItemError says, machine-readably, why one item of a batch failed.
+ *
+ * @generated from message latchkey.v1.ItemError
+ */
+export type ItemError = Message<"latchkey.v1.ItemError"> & {
+  /**
+   * The Connect code name, e.g. "invalid_argument", "already_exists", "aborted".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * A stable reason, e.g. "pattern", "REVISION_MISMATCH", "BATCH_ABORTED".
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * The field at fault, when there is one.
+   *
+   * @generated from field: string field = 3;
+   */
+  field: string;
+
+  /**
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ItemError.
+ * Use `create(ItemErrorSchema)` to create a new message.
+ */
+export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 29);
+
+/**
+ * ItemResult is how one item of a batch write went.
+ *
+ * @generated from message latchkey.v1.ItemResult
+ */
+export type ItemResult = Message<"latchkey.v1.ItemResult"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: bool ok = 2;
+   */
+  ok: boolean;
+
+  /**
+   * For upserts: whether the item created the secret.
+   *
+   * @generated from field: bool created = 3;
+   */
+  created: boolean;
+
+  /**
+   * @generated from field: uint32 version = 4;
+   */
+  version: number;
+
+  /**
+   * @generated from field: uint64 revision = 5;
+   */
+  revision: bigint;
+
+  /**
+   * @generated from field: latchkey.v1.ItemError error = 6;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.ItemResult.
+ * Use `create(ItemResultSchema)` to create a new message.
+ */
+export const ItemResultSchema: GenMessage<ItemResult> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 30);
+
+/**
+ * @generated from message latchkey.v1.BatchUpsertSecretsRequest
+ */
+export type BatchUpsertSecretsRequest = Message<"latchkey.v1.BatchUpsertSecretsRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * At most 100.
+   *
+   * @generated from field: repeated latchkey.v1.SecretUpsert items = 2;
+   */
+  items: SecretUpsert[];
+
+  /**
+   * All or nothing (the default), or each item on its own.
+   *
+   * @generated from field: optional bool atomic = 3;
+   */
+  atomic?: boolean | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.BatchUpsertSecretsRequest.
+ * Use `create(BatchUpsertSecretsRequestSchema)` to create a new message.
+ */
+export const BatchUpsertSecretsRequestSchema: GenMessage<BatchUpsertSecretsRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 31);
+
+/**
+ * @generated from message latchkey.v1.BatchUpsertSecretsResponse
+ */
+export type BatchUpsertSecretsResponse = Message<"latchkey.v1.BatchUpsertSecretsResponse"> & {
+  /**
+   * One per item, in order.
+   *
+   * @generated from field: repeated latchkey.v1.ItemResult results = 1;
+   */
+  results: ItemResult[];
+};
+
+/**
+ * Describes the message latchkey.v1.BatchUpsertSecretsResponse.
+ * Use `create(BatchUpsertSecretsResponseSchema)` to create a new message.
+ */
+export const BatchUpsertSecretsResponseSchema: GenMessage<BatchUpsertSecretsResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 32);
+
+/**
+ * @generated from message latchkey.v1.BatchDeleteSecretsRequest
+ */
+export type BatchDeleteSecretsRequest = Message<"latchkey.v1.BatchDeleteSecretsRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * At most 100.
+   *
+   * @generated from field: repeated string names = 2;
+   */
+  names: string[];
+
+  /**
+   * @generated from field: optional bool atomic = 3;
+   */
+  atomic?: boolean | undefined;
+
+  /**
+   * @generated from field: bool purge = 4;
+   */
+  purge: boolean;
+};
+
+/**
+ * Describes the message latchkey.v1.BatchDeleteSecretsRequest.
+ * Use `create(BatchDeleteSecretsRequestSchema)` to create a new message.
+ */
+export const BatchDeleteSecretsRequestSchema: GenMessage<BatchDeleteSecretsRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 33);
+
+/**
+ * @generated from message latchkey.v1.BatchDeleteSecretsResponse
+ */
+export type BatchDeleteSecretsResponse = Message<"latchkey.v1.BatchDeleteSecretsResponse"> & {
+  /**
+   * @generated from field: repeated latchkey.v1.ItemResult results = 1;
+   */
+  results: ItemResult[];
+};
+
+/**
+ * Describes the message latchkey.v1.BatchDeleteSecretsResponse.
+ * Use `create(BatchDeleteSecretsResponseSchema)` to create a new message.
+ */
+export const BatchDeleteSecretsResponseSchema: GenMessage<BatchDeleteSecretsResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 34);
+
+/**
+ * @generated from message latchkey.v1.BatchGetSecretsRequest
+ */
+export type BatchGetSecretsRequest = Message<"latchkey.v1.BatchGetSecretsRequest"> & {
+  /**
+   * @generated from field: string store = 1;
+   */
+  store: string;
+
+  /**
+   * At most 100.
+   *
+   * @generated from field: repeated string names = 2;
+   */
+  names: string[];
+};
+
+/**
+ * Describes the message latchkey.v1.BatchGetSecretsRequest.
+ * Use `create(BatchGetSecretsRequestSchema)` to create a new message.
+ */
+export const BatchGetSecretsRequestSchema: GenMessage<BatchGetSecretsRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 35);
+
+/**
+ * SecretValueResult is one item of BatchGetSecrets.
+ *
+ * @generated from message latchkey.v1.SecretValueResult
+ */
+export type SecretValueResult = Message<"latchkey.v1.SecretValueResult"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: latchkey.v1.Secret secret = 2;
+   */
+  secret?: Secret | undefined;
+
+  /**
+   * @generated from field: latchkey.v1.SecretVersion version = 3;
+   */
+  version?: SecretVersion | undefined;
+
+  /**
+   * @generated from field: string value = 4;
+   */
+  value: string;
+
+  /**
+   * @generated from field: bytes binary_value = 5;
+   */
+  binaryValue: Uint8Array;
+
+  /**
+   * @generated from field: latchkey.v1.ItemError error = 6;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.SecretValueResult.
+ * Use `create(SecretValueResultSchema)` to create a new message.
+ */
+export const SecretValueResultSchema: GenMessage<SecretValueResult> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 36);
+
+/**
+ * @generated from message latchkey.v1.BatchGetSecretsResponse
+ */
+export type BatchGetSecretsResponse = Message<"latchkey.v1.BatchGetSecretsResponse"> & {
+  /**
+   * @generated from field: repeated latchkey.v1.SecretValueResult results = 1;
+   */
+  results: SecretValueResult[];
+};
+
+/**
+ * Describes the message latchkey.v1.BatchGetSecretsResponse.
+ * Use `create(BatchGetSecretsResponseSchema)` to create a new message.
+ */
+export const BatchGetSecretsResponseSchema: GenMessage<BatchGetSecretsResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_secret_service, 37);
+
+/**
+ * SecretListState selects which secrets ListSecrets returns.
+ *
+ * @generated from enum latchkey.v1.SecretListState
+ */
+export enum SecretListState {
+  /**
+   * Live secrets: not deleted, expired or not.
+   *
+   * @generated from enum value: SECRET_LIST_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Live and not expired.
+   *
+   * @generated from enum value: SECRET_LIST_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Live and expired.
+   *
+   * @generated from enum value: SECRET_LIST_STATE_EXPIRED = 2;
+   */
+  EXPIRED = 2,
+
+  /**
+   * Deleted and still restorable.
+   *
+   * @generated from enum value: SECRET_LIST_STATE_DELETED = 3;
+   */
+  DELETED = 3,
+}
+
+/**
+ * Describes the enum latchkey.v1.SecretListState.
+ */
+export const SecretListStateSchema: GenEnum<SecretListState> = /*@__PURE__*/
+  enumDesc(file_latchkey_v1_secret_service, 0);
+
+/**
  * SecretService manages the whole lifecycle of secrets: store, read, list, update, rotate, verify and delete.
  *
  * Reads (GetSecret, VerifySecret) are allowed from the configured client IPs; every other call needs an
@@ -614,6 +1466,99 @@ export const SecretService: GenService<{
     methodKind: "unary";
     input: typeof VerifySecretRequestSchema;
     output: typeof VerifySecretResponseSchema;
+  },
+  /**
+   * ListSecretVersions returns every kept version of a secret (metadata only, never values).
+   *
+   * @generated from rpc latchkey.v1.SecretService.ListSecretVersions
+   */
+  listSecretVersions: {
+    methodKind: "unary";
+    input: typeof ListSecretVersionsRequestSchema;
+    output: typeof ListSecretVersionsResponseSchema;
+  },
+  /**
+   * SetVersionState changes one version's state: deactivate, suspend, mark compromised, reactivate, or destroy
+   * (which removes its value for good).
+   *
+   * @generated from rpc latchkey.v1.SecretService.SetVersionState
+   */
+  setVersionState: {
+    methodKind: "unary";
+    input: typeof SetVersionStateRequestSchema;
+    output: typeof SetVersionStateResponseSchema;
+  },
+  /**
+   * UndeleteSecret restores a deleted secret within its retention window.
+   *
+   * @generated from rpc latchkey.v1.SecretService.UndeleteSecret
+   */
+  undeleteSecret: {
+    methodKind: "unary";
+    input: typeof UndeleteSecretRequestSchema;
+    output: typeof UndeleteSecretResponseSchema;
+  },
+  /**
+   * CopySecret creates a secret with the current value and metadata of another, in the same or another store.
+   * The value never leaves the server.
+   *
+   * @generated from rpc latchkey.v1.SecretService.CopySecret
+   */
+  copySecret: {
+    methodKind: "unary";
+    input: typeof CopySecretRequestSchema;
+    output: typeof CopySecretResponseSchema;
+  },
+  /**
+   * RenameSecret gives a secret a new name in its store, keeping its versions.
+   *
+   * @generated from rpc latchkey.v1.SecretService.RenameSecret
+   */
+  renameSecret: {
+    methodKind: "unary";
+    input: typeof RenameSecretRequestSchema;
+    output: typeof RenameSecretResponseSchema;
+  },
+  /**
+   * MoveSecret moves a secret, with its versions, to another store (and optionally a new name).
+   *
+   * @generated from rpc latchkey.v1.SecretService.MoveSecret
+   */
+  moveSecret: {
+    methodKind: "unary";
+    input: typeof MoveSecretRequestSchema;
+    output: typeof MoveSecretResponseSchema;
+  },
+  /**
+   * BatchUpsertSecrets creates or updates many secrets of one store. Atomic by default: all or nothing, with the
+   * reason for each rejected item; with atomic = false each item succeeds or fails on its own.
+   *
+   * @generated from rpc latchkey.v1.SecretService.BatchUpsertSecrets
+   */
+  batchUpsertSecrets: {
+    methodKind: "unary";
+    input: typeof BatchUpsertSecretsRequestSchema;
+    output: typeof BatchUpsertSecretsResponseSchema;
+  },
+  /**
+   * BatchDeleteSecrets deletes many secrets of one store (atomic by default).
+   *
+   * @generated from rpc latchkey.v1.SecretService.BatchDeleteSecrets
+   */
+  batchDeleteSecrets: {
+    methodKind: "unary";
+    input: typeof BatchDeleteSecretsRequestSchema;
+    output: typeof BatchDeleteSecretsResponseSchema;
+  },
+  /**
+   * BatchGetSecrets reads the current values of many secrets of one store; each item succeeds or fails on its own.
+   *
+   * @generated from rpc latchkey.v1.SecretService.BatchGetSecrets
+   */
+  batchGetSecrets: {
+    methodKind: "unary";
+    input: typeof BatchGetSecretsRequestSchema;
+    output: typeof BatchGetSecretsResponseSchema;
   },
   /**
    * WatchSecrets streams changes to secrets as they happen: creations, rotations, other updates, deletions.

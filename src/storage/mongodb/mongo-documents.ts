@@ -1,5 +1,13 @@
 import type { Document, Filter, IndexDescription, Sort } from "mongodb";
-import type { SecretDocument } from "../../domain/secret.js";
+import {
+  type ChangeKind,
+  dueAt,
+  latestVersion,
+  type SecretDocument,
+  type SecretType,
+  upgradeDocument,
+  type VersionState,
+} from "../../domain/secret.js";
 import type { StoreRecord } from "../../domain/store.js";
 import type { VarRecord } from "../../domain/vars.js";
 import type { DataKeyRecord, ListQuery, StoreListQuery, VarListQuery } from "../storage.js";
@@ -23,6 +31,8 @@ export interface MongoVersion {
   createdAt: Date;
   validUntil: Date | null;
   sealed: string;
+  state: VersionState;
+  binary: boolean;
 }
 
 export interface MongoSecret {
@@ -30,10 +40,21 @@ export interface MongoSecret {
   store: string;
   name: string;
   kind: "manual" | "automatic";
+  type: SecretType;
   description: string;
+  folder: string;
+  tags: string[];
+  metadata: Record<string, string>;
+  expiresAt: Date | null;
   gracePeriodSeconds: number;
   rotation: { intervalSeconds: number; nextRotationAt: Date } | null;
   versions: MongoVersion[];
+  deletion: { deletedAt: Date; purgeAt: Date } | null;
+  lastChange: ChangeKind;
+  /** Derived: not soft-deleted (the unique name index covers live secrets only). */
+  live: boolean;
+  /** Derived: when the scheduler must next act (rotate or purge); null for none. */
+  dueAt: Date | null;
   /** Derived: the number of the newest version. */
   currentVersion: number;
   /** Derived: when the newest version was made. */
@@ -56,14 +77,22 @@ export interface MongoDataKey {
   createdAt: Date;
 }
 
+const date = (ms: number | null): Date | null => (ms === null ? null : new Date(ms));
+
 export function toMongoSecret(doc: SecretDocument): MongoSecret {
-  const last = doc.versions[doc.versions.length - 1];
+  const last = latestVersion(doc);
+  const due = dueAt(doc);
   return {
     _id: doc.id,
     store: doc.store,
     name: doc.name,
     kind: doc.kind,
+    type: doc.type,
     description: doc.description,
+    folder: doc.folder,
+    tags: [...doc.tags],
+    metadata: { ...doc.metadata },
+    expiresAt: date(doc.expiresAt),
     gracePeriodSeconds: doc.gracePeriodSeconds,
     rotation: doc.rotation && {
       intervalSeconds: doc.rotation.intervalSeconds,
@@ -72,11 +101,17 @@ export function toMongoSecret(doc: SecretDocument): MongoSecret {
     versions: doc.versions.map((v) => ({
       version: v.version,
       createdAt: new Date(v.createdAt),
-      validUntil: v.validUntil === null ? null : new Date(v.validUntil),
+      validUntil: date(v.validUntil),
       sealed: v.sealed,
+      state: v.state,
+      binary: v.binary,
     })),
-    currentVersion: last ? last.version : 0,
-    lastRotatedAt: new Date(last ? last.createdAt : doc.createdAt),
+    deletion: doc.deletion && { deletedAt: new Date(doc.deletion.deletedAt), purgeAt: new Date(doc.deletion.purgeAt) },
+    lastChange: doc.lastChange,
+    live: doc.deletion === null,
+    dueAt: date(due),
+    currentVersion: last.version,
+    lastRotatedAt: new Date(last.createdAt),
     versionCount: doc.versions.length,
     sealedBytes: doc.versions.reduce((n, v) => n + v.sealed.length, 0),
     createdAt: new Date(doc.createdAt),
@@ -86,12 +121,17 @@ export function toMongoSecret(doc: SecretDocument): MongoSecret {
 }
 
 export function fromMongoSecret(m: MongoSecret): SecretDocument {
-  return {
+  return upgradeDocument({
     id: m._id,
     store: m.store,
     name: m.name,
     kind: m.kind,
+    type: m.type,
     description: m.description,
+    folder: m.folder,
+    tags: m.tags,
+    metadata: m.metadata,
+    expiresAt: m.expiresAt ? m.expiresAt.getTime() : (m.expiresAt ?? null),
     gracePeriodSeconds: m.gracePeriodSeconds,
     rotation: m.rotation && {
       intervalSeconds: m.rotation.intervalSeconds,
@@ -102,11 +142,15 @@ export function fromMongoSecret(m: MongoSecret): SecretDocument {
       createdAt: v.createdAt.getTime(),
       validUntil: v.validUntil === null ? null : v.validUntil.getTime(),
       sealed: v.sealed,
+      state: v.state,
+      binary: v.binary,
     })),
+    deletion: m.deletion ? { deletedAt: m.deletion.deletedAt.getTime(), purgeAt: m.deletion.purgeAt.getTime() } : (m.deletion ?? null),
+    lastChange: m.lastChange,
     createdAt: m.createdAt.getTime(),
     updatedAt: m.updatedAt.getTime(),
     revision: m.revision,
-  };
+  } as SecretDocument);
 }
 
 export function toMongoDataKey(k: DataKeyRecord): MongoDataKey {
@@ -128,32 +172,36 @@ export function escapeRegex(s: string): string {
 }
 
 /**
- * One page of a store's secrets in name order. `after` pages forward (ascending); `before` pages backward, so the
- * query sorts descending and the adapter reverses the page. A prefix is an anchored regex, which the
- * (store, name) index serves as a range scan.
+ * One page of a store's secrets in (name, _id) order, filtered. `after` pages forward (ascending); `before` pages
+ * backward, so the query sorts descending and the adapter reverses the page. A prefix is an anchored regex, which
+ * the (store, live, name, _id) index serves as a range scan.
  */
 export function listQuery(q: ListQuery): { filter: Filter<MongoSecret>; sort: Sort; limit: number; reverse: boolean } {
-  const name: Record<string, unknown> = {};
-  if (q.prefix) name.$regex = `^${escapeRegex(q.prefix)}`;
-  if (q.after) name.$gt = q.after;
-  if (q.before) name.$lt = q.before;
-  const filter: Filter<MongoSecret> = Object.keys(name).length > 0 ? { store: q.store, name } : { store: q.store };
-  const reverse = q.before !== undefined && q.before !== "";
-  return { filter, sort: { name: reverse ? -1 : 1 }, limit: q.limit, reverse };
+  const state = q.state ?? "live";
+  const and: Filter<MongoSecret>[] = [{ store: q.store, live: state !== "deleted" }];
+  const now = new Date(q.now ?? Date.now());
+  if (state === "active") and.push({ $or: [{ expiresAt: null }, { expiresAt: { $gt: now } }] });
+  if (state === "expired") and.push({ expiresAt: { $ne: null, $lte: now } });
+  if (q.prefix) and.push({ name: { $regex: `^${escapeRegex(q.prefix)}` } });
+  if (q.folder !== undefined) and.push({ folder: q.folder });
+  if (q.tag !== undefined) and.push({ tags: q.tag });
+  if (q.after) and.push({ $or: [{ name: { $gt: q.after.name } }, { name: q.after.name, _id: { $gt: q.after.id } }] });
+  if (q.before) and.push({ $or: [{ name: { $lt: q.before.name } }, { name: q.before.name, _id: { $lt: q.before.id } }] });
+  const reverse = q.before !== undefined;
+  const filter = and.length === 1 ? (and[0] as Filter<MongoSecret>) : { $and: and };
+  return { filter, sort: reverse ? { name: -1, _id: -1 } : { name: 1, _id: 1 }, limit: q.limit, reverse };
 }
 
-/** Automatic secrets due at `now`, earliest first (served by the rotation index). */
+/** Secrets the scheduler must act on at `now` (rotate or purge), earliest first (served by the due index). */
 export function dueQuery(now: number): { filter: Filter<MongoSecret>; sort: Sort } {
-  return { filter: { "rotation.nextRotationAt": { $lte: new Date(now) } }, sort: { "rotation.nextRotationAt": 1 } };
+  return { filter: { dueAt: { $lte: new Date(now) } }, sort: { dueAt: 1 } };
 }
 
 export const SECRET_INDEXES: IndexDescription[] = [
-  { key: { store: 1, name: 1 }, name: "store_name_unique", unique: true },
-  {
-    key: { "rotation.nextRotationAt": 1 },
-    name: "rotation_due",
-    partialFilterExpression: { "rotation.nextRotationAt": { $type: "date" } },
-  },
+  // Live names are unique per store; soft-deleted secrets give their name up at once.
+  { key: { store: 1, name: 1 }, name: "store_live_name_unique", unique: true, partialFilterExpression: { live: true } },
+  { key: { store: 1, live: 1, name: 1, _id: 1 }, name: "store_list" },
+  { key: { dueAt: 1 }, name: "due", partialFilterExpression: { dueAt: { $type: "date" } } },
 ];
 
 export const DATA_KEY_INDEXES: IndexDescription[] = [{ key: { store: 1, createdAt: 1 }, name: "store_created" }];
@@ -167,10 +215,19 @@ export const SECRETS_VALIDATOR: Document = {
       "store",
       "name",
       "kind",
+      "type",
       "description",
+      "folder",
+      "tags",
+      "metadata",
+      "expiresAt",
       "gracePeriodSeconds",
       "rotation",
       "versions",
+      "deletion",
+      "lastChange",
+      "live",
+      "dueAt",
       "currentVersion",
       "lastRotatedAt",
       "versionCount",
@@ -184,7 +241,16 @@ export const SECRETS_VALIDATOR: Document = {
       store: { bsonType: "string", minLength: 1 },
       name: { bsonType: "string", minLength: 1, maxLength: 256 },
       kind: { enum: ["manual", "automatic"] },
+      type: { enum: ["secret", "token"] },
       description: { bsonType: "string" },
+      folder: { bsonType: "string" },
+      tags: { bsonType: "array", items: { bsonType: "string" } },
+      metadata: { bsonType: "object" },
+      expiresAt: { bsonType: ["date", "null"] },
+      deletion: { bsonType: ["object", "null"] },
+      lastChange: { bsonType: "string" },
+      live: { bsonType: "bool" },
+      dueAt: { bsonType: ["date", "null"] },
       gracePeriodSeconds: { bsonType: ["int", "long", "double"], minimum: 0 },
       rotation: {
         oneOf: [
@@ -204,12 +270,15 @@ export const SECRETS_VALIDATOR: Document = {
         minItems: 1,
         items: {
           bsonType: "object",
-          required: ["version", "createdAt", "validUntil", "sealed"],
+          required: ["version", "createdAt", "validUntil", "sealed", "state", "binary"],
           properties: {
             version: { bsonType: ["int", "long", "double"], minimum: 1 },
             createdAt: { bsonType: "date" },
             validUntil: { bsonType: ["date", "null"] },
-            sealed: { bsonType: "string", pattern: "^v1\\." },
+            // Sealed values only (or nothing, once destroyed): plaintext can never be stored by mistake.
+            sealed: { bsonType: "string", pattern: "^(v1\\.|$)" },
+            state: { enum: ["active", "deactivated", "suspended", "compromised", "destroyed"] },
+            binary: { bsonType: "bool" },
           },
         },
       },
@@ -229,7 +298,7 @@ export const SECRETS_VALIDATOR: Document = {
  * carries (never the sealed versions), from the document after the change or, for deletes, the pre-image.
  */
 export function changeStreamPipeline(): Document[] {
-  const keep = ["store", "name", "revision", "currentVersion", "lastRotatedAt", "updatedAt", "rotation.nextRotationAt"];
+  const keep = ["store", "name", "revision", "currentVersion", "lastChange", "updatedAt", "live", "dueAt", "rotation.nextRotationAt"];
   const project: Document = { operationType: 1, documentKey: 1, wallTime: 1, clusterTime: 1 };
   for (const f of keep) {
     project[`fullDocument.${f}`] = 1;
@@ -326,10 +395,10 @@ export function varListFilter(q: VarListQuery): Filter<MongoVar> {
 export const VAR_INDEXES: IndexDescription[] = [{ key: { store: 1, name: 1 }, name: "store_name_unique", unique: true }];
 export const STORE_INDEXES: IndexDescription[] = [{ key: { managedBy: 1, _id: 1 }, name: "managed_by" }];
 
-/** Sums a store's (or, unfiltered, every) secret count, versions and sealed bytes. */
+/** Sums a store's (or, unfiltered, every) live secret count, versions and sealed bytes. */
 export function secretUsagePipeline(store?: string): Document[] {
   return [
-    ...(store === undefined ? [] : [{ $match: { store } }]),
+    { $match: store === undefined ? { live: true } : { store, live: true } },
     { $group: { _id: null, secrets: { $sum: 1 }, versions: { $sum: "$versionCount" }, bytes: { $sum: "$sealedBytes" } } },
   ];
 }

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   type ChangeStream,
+  type ClientSession,
   type ChangeStreamDocument,
   type Collection,
   type Db,
@@ -11,7 +12,7 @@ import {
   Timestamp,
 } from "mongodb";
 import type { Logger } from "../../log/logger.js";
-import type { ChangeEvent, ChangeFeedItem, Storage } from "../storage.js";
+import { type ChangeEvent, type ChangeFeedItem, NameTakenError, type Storage, type WriteOp, type WriteOutcome } from "../storage.js";
 import type { StoreRecord } from "../../domain/store.js";
 import type { Usage } from "../../domain/usage.js";
 import {
@@ -96,8 +97,39 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       await db.command({ ping: 1 }, { timeoutMS: 2000 });
     },
     async findSecret(store, name) {
-      const m = await secrets.findOne({ store, name });
+      const m = await secrets.findOne({ store, name, live: true });
       return m ? fromMongoSecret(m) : undefined;
+    },
+    async findSecretById(id) {
+      const m = await secrets.findOne({ _id: id });
+      return m ? fromMongoSecret(m) : undefined;
+    },
+    async applyWrites(ops, atomic) {
+      if (!atomic) {
+        const outcomes: WriteOutcome[] = [];
+        for (const op of ops) outcomes.push(await applyOne(secrets, op));
+        return outcomes;
+      }
+      // All or nothing: a multi-document transaction (replica sets have them); a failed write aborts it.
+      const session = client.startSession();
+      try {
+        let outcomes: WriteOutcome[] = [];
+        await session.withTransaction(async () => {
+          outcomes = [];
+          for (const op of ops) {
+            const o = await applyOne(secrets, op, session);
+            if (o !== "ok") {
+              outcomes = ops.map((_, i) => (i === outcomes.length ? o : "not_applied"));
+              await session.abortTransaction();
+              return;
+            }
+            outcomes.push(o);
+          }
+        });
+        return outcomes;
+      } finally {
+        await session.endSession();
+      }
     },
     async insertSecret(doc) {
       try {
@@ -109,8 +141,13 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       }
     },
     async replaceSecret(doc, expectedRevision) {
-      const r = await secrets.replaceOne(casFilter(doc.id, expectedRevision), toMongoSecret(doc));
-      return r.matchedCount === 1;
+      try {
+        const r = await secrets.replaceOne(casFilter(doc.id, expectedRevision), toMongoSecret(doc));
+        return r.matchedCount === 1;
+      } catch (err) {
+        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) throw new NameTakenError(doc.store, doc.name);
+        throw err;
+      }
     },
     async deleteSecret(id, expectedRevision) {
       const r = await secrets.deleteOne(casFilter(id, expectedRevision));
@@ -126,11 +163,8 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       return (await secrets.find(filter).sort(sort).limit(limit).toArray()).map(fromMongoSecret);
     },
     async nextRotationAt() {
-      const m = await secrets.findOne(
-        { "rotation.nextRotationAt": { $type: "date" } },
-        { sort: { "rotation.nextRotationAt": 1 }, projection: { rotation: 1 } },
-      );
-      return m?.rotation?.nextRotationAt.getTime();
+      const m = await secrets.findOne({ dueAt: { $type: "date" } }, { sort: { dueAt: 1 }, projection: { dueAt: 1 } });
+      return m?.dueAt?.getTime();
     },
     changes({ resumeAfter, signal }) {
       return watchSecrets(db, secrets, resumeAfter, signal, logger);
@@ -297,9 +331,30 @@ export function resumeOptions(p: FeedPosition | undefined): { startAfter?: Resum
   return { startAtOperationTime: new Timestamp({ t: p.t[0], i: p.t[1] }) };
 }
 
-type Projected = Partial<Pick<MongoSecret, "store" | "name" | "revision" | "currentVersion" | "lastRotatedAt" | "updatedAt">> & {
+type Projected = Partial<
+  Pick<MongoSecret, "store" | "name" | "revision" | "currentVersion" | "lastChange" | "updatedAt" | "live" | "dueAt">
+> & {
   rotation?: { nextRotationAt?: Date } | null;
 };
+
+/** One write of a batch, in a session when the batch is atomic. */
+async function applyOne(secrets: Collection<MongoSecret>, op: WriteOp, session?: ClientSession): Promise<WriteOutcome> {
+  try {
+    if (op.op === "insert") {
+      await secrets.insertOne(toMongoSecret(op.doc), { session });
+      return "ok";
+    }
+    if (op.op === "replace") {
+      const r = await secrets.replaceOne(casFilter(op.doc.id, op.expectedRevision), toMongoSecret(op.doc), { session });
+      return r.matchedCount === 1 ? "ok" : "conflict";
+    }
+    const r = await secrets.deleteOne(casFilter(op.id, op.expectedRevision), { session });
+    return r.deletedCount === 1 ? "ok" : "conflict";
+  } catch (err) {
+    if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return "name_taken";
+    throw err;
+  }
+}
 
 /** Maps a (projected) change-stream event to the port's ChangeEvent; undefined for events that are not ours. */
 export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string): ChangeEvent | undefined {
@@ -318,8 +373,10 @@ export function toChangeEvent(ev: ChangeStreamDocument<Document>, token: string)
     name: doc?.name ?? "",
     revision: doc?.revision ?? 0,
     version: doc?.currentVersion ?? 0,
-    versionCreatedAt: doc?.lastRotatedAt?.getTime() ?? 0,
-    nextRotationAt: op === "delete" ? null : (doc?.rotation?.nextRotationAt?.getTime() ?? null),
+    // A hard delete of a soft-deleted secret is its purge; of a live one, its deletion.
+    change: op === "delete" ? (doc?.live === false ? "purged" : "deleted") : (doc?.lastChange ?? "updated"),
+    nextRotationAt: op === "delete" || doc?.live === false ? null : (doc?.rotation?.nextRotationAt?.getTime() ?? null),
+    dueAt: op === "delete" ? null : (doc?.dueAt?.getTime() ?? null),
     at,
   };
 }

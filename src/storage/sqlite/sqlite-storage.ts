@@ -1,19 +1,22 @@
 import { closeSync, type FSWatcher, mkdirSync, openSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
-import { currentVersion, type SecretDocument } from "../../domain/secret.js";
+import { dueAt, latestVersion, type SecretDocument, upgradeDocument } from "../../domain/secret.js";
 import type { StoreRecord } from "../../domain/store.js";
 import type { Usage } from "../../domain/usage.js";
 import type { VarRecord } from "../../domain/vars.js";
-import type {
-  ChangeEvent,
-  ChangeFeedItem,
-  ChangesOptions,
-  DataKeyRecord,
-  ListQuery,
-  Storage,
-  StoreListQuery,
-  VarListQuery,
+import {
+  type ChangeEvent,
+  type ChangeFeedItem,
+  type ChangesOptions,
+  type DataKeyRecord,
+  type ListQuery,
+  NameTakenError,
+  type Storage,
+  type StoreListQuery,
+  type VarListQuery,
+  type WriteOp,
+  type WriteOutcome,
 } from "../storage.js";
 
 export interface SqliteStorageOptions {
@@ -32,7 +35,7 @@ const PRUNE_EVERY_WRITES = 1024;
  * The embedded default store: one SQLite file (WAL, synchronous=FULL, so an acknowledged write survives a crash).
  *
  * Each secret is one row: the whole document as JSON, plus the columns its queries need (store, name, revision,
- * next_rotation_at). Compare-and-set is `UPDATE … WHERE id = ? AND revision = ?`. Every write also appends to the
+ * due_at, deleted, folder, expires_at; a partial unique index keeps live names unique). Compare-and-set is `UPDATE … WHERE id = ? AND revision = ?`. Every write also appends to the
  * `changes` table in the same transaction: the change feed, which any process sharing the file can tail by sequence
  * number. Readers are woken by writes in this process, by file-system events on the WAL (writes by other
  * processes), and by a slow fallback timer.
@@ -54,12 +57,15 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   migrate(db);
 
   const q = {
-    find: db.prepare<[string, string], { doc: string }>("SELECT doc FROM secrets WHERE store = ? AND name = ?"),
+    find: db.prepare<[string, string], { doc: string }>("SELECT doc FROM secrets WHERE store = ? AND name = ? AND deleted = 0"),
+    findById: db.prepare<[string], { doc: string }>("SELECT doc FROM secrets WHERE id = ?"),
     insert: db.prepare(
-      "INSERT INTO secrets (id, store, name, revision, next_rotation_at, version_count, sealed_bytes, doc) VALUES (@id, @store, @name, @revision, @next, @versionCount, @sealedBytes, @doc)",
+      "INSERT INTO secrets (id, store, name, revision, due_at, deleted, folder, expires_at, version_count, sealed_bytes, doc) " +
+        "VALUES (@id, @store, @name, @revision, @due, @deleted, @folder, @expiresAt, @versionCount, @sealedBytes, @doc)",
     ),
     replace: db.prepare(
-      "UPDATE secrets SET store = @store, name = @name, revision = @revision, next_rotation_at = @next, version_count = @versionCount, sealed_bytes = @sealedBytes, doc = @doc WHERE id = @id AND revision = @expected",
+      "UPDATE secrets SET store = @store, name = @name, revision = @revision, due_at = @due, deleted = @deleted, folder = @folder, " +
+        "expires_at = @expiresAt, version_count = @versionCount, sealed_bytes = @sealedBytes, doc = @doc WHERE id = @id AND revision = @expected",
     ),
     deleteStoreSecrets: db.prepare<[string, number], { doc: string }>(
       "DELETE FROM secrets WHERE id IN (SELECT id FROM secrets WHERE store = ? LIMIT ?) RETURNING doc",
@@ -89,13 +95,13 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       "SELECT * FROM vars WHERE store = ? AND name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
     ),
     secretUsage: db.prepare<[string], { n: number; v: number; b: number }>(
-      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets WHERE store = ?",
+      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets WHERE store = ? AND deleted = 0",
     ),
     varUsage: db.prepare<[string], { n: number; b: number }>(
       "SELECT COUNT(*) AS n, COALESCE(SUM(length(CAST(value AS BLOB))), 0) AS b FROM vars WHERE store = ?",
     ),
     secretUsageAll: db.prepare<[], { n: number; v: number; b: number }>(
-      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets",
+      "SELECT COUNT(*) AS n, COALESCE(SUM(version_count), 0) AS v, COALESCE(SUM(sealed_bytes), 0) AS b FROM secrets WHERE deleted = 0",
     ),
     varUsageAll: db.prepare<[], { n: number; b: number }>(
       "SELECT COUNT(*) AS n, COALESCE(SUM(length(CAST(value AS BLOB))), 0) AS b FROM vars",
@@ -108,18 +114,8 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     deleteReturning: db.prepare<[string, number], { doc: string }>(
       "DELETE FROM secrets WHERE id = ? AND revision = ? RETURNING doc",
     ),
-    listAfter: db.prepare<[string, string, string, string, number], { doc: string }>(
-      "SELECT doc FROM secrets WHERE store = ? AND name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
-    ),
-    listBefore: db.prepare<[string, string, string, string, number], { doc: string }>(
-      "SELECT doc FROM secrets WHERE store = ? AND name < ? AND name >= ? AND name < ? ORDER BY name DESC LIMIT ?",
-    ),
-    due: db.prepare<[number, number], { doc: string }>(
-      "SELECT doc FROM secrets WHERE next_rotation_at <= ? ORDER BY next_rotation_at LIMIT ?",
-    ),
-    nextDue: db.prepare<[], { t: number | null }>(
-      "SELECT MIN(next_rotation_at) AS t FROM secrets WHERE next_rotation_at IS NOT NULL",
-    ),
+    due: db.prepare<[number, number], { doc: string }>("SELECT doc FROM secrets WHERE due_at <= ? ORDER BY due_at LIMIT ?"),
+    nextDue: db.prepare<[], { t: number | null }>("SELECT MIN(due_at) AS t FROM secrets WHERE due_at IS NOT NULL"),
     scan: db.prepare<[string, number], { doc: string }>("SELECT doc FROM secrets WHERE id > ? ORDER BY id LIMIT ?"),
     listKeys: db.prepare<[string], KeyRow>(
       "SELECT store, id, kek_id, wrapped, created_at FROM data_keys WHERE store = ? ORDER BY created_at, id",
@@ -131,10 +127,11 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       "INSERT OR IGNORE INTO data_keys (store, id, kek_id, wrapped, created_at) VALUES (@store, @id, @kekId, @wrapped, @createdAt)",
     ),
     appendChange: db.prepare(
-      "INSERT INTO changes (op, id, store, name, revision, version, version_created_at, next_rotation_at, at) VALUES (@op, @id, @store, @name, @revision, @version, @versionAt, @next, @at)",
+      "INSERT INTO changes (op, id, store, name, revision, version, version_created_at, change, next_rotation_at, due_at, at) " +
+        "VALUES (@op, @id, @store, @name, @revision, @version, @versionAt, @change, @next, @due, @at)",
     ),
     readChanges: db.prepare<[number, number], ChangeRow>(
-      "SELECT seq, op, id, store, name, revision, version, version_created_at, next_rotation_at, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, op, id, store, name, revision, version, change, next_rotation_at, due_at, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
     changeBounds: db.prepare<[], { lo: number | null; hi: number | null }>(
       "SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM changes",
@@ -154,23 +151,29 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     store: doc.store,
     name: doc.name,
     revision: doc.revision,
-    next: doc.rotation?.nextRotationAt ?? null,
+    due: dueAt(doc),
+    deleted: doc.deletion ? 1 : 0,
+    folder: doc.folder,
+    expiresAt: doc.expiresAt,
     versionCount: doc.versions.length,
     sealedBytes: sealedBytes(doc),
     doc: JSON.stringify(doc),
   });
-  const parse = (r: { doc: string }): SecretDocument => JSON.parse(r.doc) as SecretDocument;
+  const parse = (r: { doc: string }): SecretDocument => upgradeDocument(JSON.parse(r.doc) as SecretDocument);
   const change = (op: ChangeEvent["op"], doc: SecretDocument) => {
-    const current = currentVersion(doc);
+    const latest = latestVersion(doc);
     return {
       op,
       id: doc.id,
       store: doc.store,
       name: doc.name,
       revision: doc.revision,
-      version: current.version,
-      versionAt: current.createdAt,
-      next: op === "delete" ? null : (doc.rotation?.nextRotationAt ?? null),
+      version: latest.version,
+      versionAt: latest.createdAt,
+      // A hard delete of a soft-deleted secret is its purge; of a live one, its deletion.
+      change: op === "delete" ? (doc.deletion ? "purged" : "deleted") : doc.lastChange,
+      next: op === "delete" || doc.deletion ? null : (doc.rotation?.nextRotationAt ?? null),
+      due: op === "delete" ? null : dueAt(doc),
       at: op === "delete" ? Date.now() : doc.updatedAt,
     };
   };
@@ -191,9 +194,46 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     q.appendChange.run(change("insert", doc));
   });
   const replaceTx = db.transaction((doc: SecretDocument, expected: number): boolean => {
-    if (q.replace.run({ ...row(doc), expected }).changes !== 1) return false;
+    try {
+      if (q.replace.run({ ...row(doc), expected }).changes !== 1) return false;
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new NameTakenError(doc.store, doc.name);
+      throw err;
+    }
     q.appendChange.run(change("update", doc));
     return true;
+  });
+  /** One write of a batch, in its own savepoint. */
+  const applyOne = (w: WriteOp): WriteOutcome => {
+    try {
+      if (w.op === "insert") {
+        insertTx(w.doc);
+        return "ok";
+      }
+      if (w.op === "replace") return replaceTx(w.doc, w.expectedRevision) ? "ok" : "conflict";
+      return deleteTx(w.id, w.expectedRevision) ? "ok" : "conflict";
+    } catch (err) {
+      if (err instanceof NameTakenError || isUniqueViolation(err)) return "name_taken";
+      throw err;
+    }
+  };
+  /** Thrown inside an atomic batch to roll it back, carrying the outcomes to report. */
+  class Rollback extends Error {
+    constructor(readonly outcomes: WriteOutcome[]) {
+      super("batch rolled back");
+    }
+  }
+  const atomicTx = db.transaction((ops: readonly WriteOp[]): WriteOutcome[] => {
+    const outcomes: WriteOutcome[] = [];
+    for (const w of ops) {
+      const o = applyOne(w);
+      if (o !== "ok") {
+        const report = ops.map((_, i) => (i === outcomes.length ? o : "not_applied" as WriteOutcome));
+        throw new Rollback(report);
+      }
+      outcomes.push(o);
+    }
+    return outcomes;
   });
   const purgeSecretsTx = db.transaction((store: string, limit: number): number => {
     const gone = q.deleteStoreSecrets.all(store, limit);
@@ -211,6 +251,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   });
 
   const feed = createFeedSignal(inMemory ? undefined : file, feedPollMs);
+  const listStatements = new Map<string, Database.Statement<unknown[], { doc: string }>>();
 
   /**
    * Group commit: writes issued in the same turn of the event loop share one transaction, so one fsync
@@ -269,8 +310,9 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       name: r.name,
       revision: r.revision,
       version: r.version,
-      versionCreatedAt: r.version_created_at,
+      change: r.change as ChangeEvent["change"],
       nextRotationAt: r.next_rotation_at,
+      dueAt: r.due_at,
       at: r.at,
     };
   }
@@ -313,6 +355,27 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = q.find.get(store, name);
       return r && parse(r);
     },
+    async findSecretById(id) {
+      const r = q.findById.get(id);
+      return r && parse(r);
+    },
+    async applyWrites(ops, atomic) {
+      let outcomes: WriteOutcome[] = [];
+      await write(() => {
+        if (atomic) {
+          try {
+            outcomes = atomicTx(ops);
+          } catch (err) {
+            if (!(err instanceof Rollback)) throw err;
+            outcomes = err.outcomes;
+          }
+        } else {
+          outcomes = ops.map(applyOne);
+        }
+        return outcomes.includes("ok");
+      });
+      return outcomes;
+    },
     insertSecret(doc) {
       return write(() => {
         try {
@@ -331,11 +394,14 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       return write(() => deleteTx(id, expectedRevision));
     },
     async listSecrets(query: ListQuery) {
-      const end = `${query.prefix}\u{10FFFF}`;
-      if (query.before) {
-        return q.listBefore.all(query.store, query.before, query.prefix, end, query.limit).map(parse).reverse();
+      const { sql, params } = listSql(query);
+      let stmt = listStatements.get(sql);
+      if (!stmt) {
+        stmt = db.prepare<unknown[], { doc: string }>(sql);
+        listStatements.set(sql, stmt);
       }
-      return q.listAfter.all(query.store, query.after ?? "", query.prefix, end, query.limit).map(parse);
+      const rows = stmt.all(...params).map(parse);
+      return query.before ? rows.reverse() : rows;
     },
     async findDueSecrets(now, limit) {
       return q.due.all(now, limit).map(parse);
@@ -476,8 +542,9 @@ interface ChangeRow {
   name: string;
   revision: number;
   version: number;
-  version_created_at: number;
+  change: string;
   next_rotation_at: number | null;
+  due_at: number | null;
   at: number;
 }
 
@@ -503,6 +570,47 @@ export function sealedBytes(doc: SecretDocument): number {
   let n = 0;
   for (const v of doc.versions) n += v.sealed.length;
   return n;
+}
+
+/**
+ * The SQL of a list: the store's live or deleted secrets, filtered, keyset-paged by (name, id). Backward pages
+ * are read in descending order (the caller reverses them).
+ */
+export function listSql(qr: ListQuery): { sql: string; params: unknown[] } {
+  const where = ["store = ?"];
+  const params: unknown[] = [qr.store];
+  const state = qr.state ?? "live";
+  where.push(state === "deleted" ? "deleted = 1" : "deleted = 0");
+  if (state === "active") {
+    where.push("(expires_at IS NULL OR expires_at > ?)");
+    params.push(qr.now ?? Date.now());
+  } else if (state === "expired") {
+    where.push("expires_at IS NOT NULL AND expires_at <= ?");
+    params.push(qr.now ?? Date.now());
+  }
+  if (qr.prefix) {
+    where.push("name >= ? AND name < ?");
+    params.push(qr.prefix, `${qr.prefix}\u{10FFFF}`);
+  }
+  if (qr.folder !== undefined) {
+    where.push("folder = ?");
+    params.push(qr.folder);
+  }
+  if (qr.tag !== undefined) {
+    where.push("EXISTS (SELECT 1 FROM json_each(doc, '$.tags') WHERE value = ?)");
+    params.push(qr.tag);
+  }
+  if (qr.after) {
+    where.push("(name, id) > (?, ?)");
+    params.push(qr.after.name, qr.after.id);
+  }
+  if (qr.before) {
+    where.push("(name, id) < (?, ?)");
+    params.push(qr.before.name, qr.before.id);
+  }
+  const order = qr.before ? "name DESC, id DESC" : "name, id";
+  params.push(qr.limit);
+  return { sql: `SELECT doc FROM secrets WHERE ${where.join(" AND ")} ORDER BY ${order} LIMIT ?`, params };
 }
 
 function fromKeyRow(r: KeyRow): DataKeyRecord {
@@ -623,6 +731,28 @@ const MIGRATIONS: readonly string[] = [
      revision INTEGER NOT NULL,
      PRIMARY KEY (store, name)
    );`,
+  `CREATE TABLE secrets_v4 (
+     id TEXT PRIMARY KEY,
+     store TEXT NOT NULL,
+     name TEXT NOT NULL,
+     revision INTEGER NOT NULL,
+     due_at INTEGER,
+     deleted INTEGER NOT NULL DEFAULT 0,
+     folder TEXT NOT NULL DEFAULT '',
+     expires_at INTEGER,
+     version_count INTEGER NOT NULL DEFAULT 0,
+     sealed_bytes INTEGER NOT NULL DEFAULT 0,
+     doc TEXT NOT NULL
+   );
+   INSERT INTO secrets_v4 (id, store, name, revision, due_at, version_count, sealed_bytes, doc)
+     SELECT id, store, name, revision, next_rotation_at, version_count, sealed_bytes, doc FROM secrets;
+   DROP TABLE secrets;
+   ALTER TABLE secrets_v4 RENAME TO secrets;
+   CREATE UNIQUE INDEX secrets_live_name ON secrets (store, name) WHERE deleted = 0;
+   CREATE INDEX secrets_list ON secrets (store, deleted, name, id);
+   CREATE INDEX secrets_due ON secrets (due_at) WHERE due_at IS NOT NULL;
+   ALTER TABLE changes ADD COLUMN change TEXT NOT NULL DEFAULT 'updated';
+   ALTER TABLE changes ADD COLUMN due_at INTEGER;`,
 ];
 
 /** Applies the migrations the file has not seen, each in its own transaction, tracked by user_version. */
