@@ -333,7 +333,9 @@ export function isVersionValid(v: VersionRecord, now: number): boolean {
 /** The versions VerifySecret accepts at `now`: the current one, and active ones still inside their grace window. */
 export function validVersions(doc: SecretDocument, now: number): VersionRecord[] {
   const current = currentVersion(doc);
-  return doc.versions.filter((v) => v.state === "active" && (v === current || isVersionValid(v, now)));
+  // A superseded version is valid only inside a real grace window: one that never got an end (it was retired
+  // with a state, then made active again) is not.
+  return doc.versions.filter((v) => v.state === "active" && (v === current || (v.validUntil !== null && v.validUntil > now)));
 }
 
 /** Whether the secret has expired at `now` (expired secrets are not served). */
@@ -385,7 +387,7 @@ export function appendVersion(
   const current = currentVersion(doc);
   const versions = doc.versions.map((v) => {
     if (v !== current) return v;
-    if (opts.previousState) return withState(v, opts.previousState);
+    if (opts.previousState) return withState({ ...v, validUntil: v.validUntil ?? now }, opts.previousState);
     return v.validUntil === null ? { ...v, validUntil: graceEnd } : v;
   });
   versions.push({ version: next, createdAt: now, validUntil: null, sealed, state: "active", binary: opts.binary ?? false });

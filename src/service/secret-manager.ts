@@ -468,13 +468,15 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     async undelete(ref, opts = {}) {
       validateName(ref.name);
       let doc: SecretDocument | undefined;
+      // Past its retention a deleted secret is gone, whether or not the purge has run yet.
+      const now = clock.now();
       if (opts.id) {
         doc = await storage.findSecretById(opts.id);
-        if (doc && (doc.store !== ref.store || doc.name !== ref.name || !doc.deletion)) doc = undefined;
+        if (doc && (doc.store !== ref.store || doc.name !== ref.name || !doc.deletion || isPurgeDue(doc, now))) doc = undefined;
       } else {
         const deleted = await storage.listSecrets({ store: ref.store, prefix: ref.name, limit: 1000, state: "deleted" });
         doc = deleted
-          .filter((d) => d.name === ref.name)
+          .filter((d) => d.name === ref.name && !isPurgeDue(d, now))
           .sort((a, b) => (b.deletion?.deletedAt ?? 0) - (a.deletion?.deletedAt ?? 0))[0];
       }
       if (!doc) {

@@ -1,10 +1,20 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { appendVersion, applyMetadataPatch, newSecretDocument, type SecretDocument } from "../../src/domain/secret.js";
+import {
+  appendVersion,
+  applyMetadataPatch,
+  move,
+  newSecretDocument,
+  rename,
+  restore,
+  type SecretDocument,
+  setVersionState,
+  softDelete,
+} from "../../src/domain/secret.js";
 import { newStoreRecord } from "../../src/domain/store.js";
 import { setVar } from "../../src/domain/vars.js";
-import type { ChangeFeedItem, Storage } from "../../src/storage/storage.js";
+import { type ChangeEvent, type ChangeFeedItem, type ListQuery, NameTakenError, type Storage } from "../../src/storage/storage.js";
 
 /**
  * The storage contract: every behaviour of the port, run against every adapter.
@@ -441,6 +451,468 @@ export function exerciseStorage(name: string, fixture: StorageFixture): void {
       const [ev] = await feed.items;
       assert.ok(ev);
       assert.doesNotMatch(JSON.stringify(ev), /v1\.testkey\./);
+    });
+
+    // ---- Soft deletion, live-name uniqueness, batches, filtered lists, due work and change kinds ----
+
+    /** A document with the fields lists filter on set as given (storage keeps documents as they are). */
+    const shaped = (
+      name: string,
+      store: string,
+      over: { folder?: string; tags?: string[]; expiresAt?: number | null } = {},
+    ): SecretDocument => ({ ...secretDoc(name, { store }), ...over });
+    const namesOf = (docs: readonly SecretDocument[]) => docs.map((d) => d.name);
+    const byNameThenId = (a: SecretDocument, b: SecretDocument) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+
+    async function rejectsNameTaken(p: Promise<unknown>, store: string, secretName: string): Promise<void> {
+      await assert.rejects(p, (err: unknown) => {
+        assert.ok(err instanceof NameTakenError, `a NameTakenError, got ${String(err)}`);
+        assert.equal(err.store, store);
+        assert.equal(err.secretName, secretName);
+        return true;
+      });
+    }
+
+    /** Inserts `doc`, then soft-deletes it at `at` for `retention` seconds; returns the deleted document. */
+    async function insertDeleted(doc: SecretDocument, at: number, retention = 3600, into: Storage = s): Promise<SecretDocument> {
+      assert.equal(await into.insertSecret(doc), true);
+      const del = softDelete(doc, at, retention);
+      assert.equal(await into.replaceSecret(del, doc.revision), true);
+      return del;
+    }
+
+    it("finds any secret by id, live or soft-deleted, and not by name once deleted", async () => {
+      const doc = secretDoc("byid/a", { store: "byid", kind: "automatic", interval: 60 });
+      assert.equal(await s.insertSecret(doc), true);
+      assert.deepEqual(await s.findSecretById(doc.id), doc);
+      const del = softDelete(doc, T0 + 1000, 60);
+      assert.equal(await s.replaceSecret(del, doc.revision), true);
+      assert.deepEqual(await s.findSecretById(doc.id), del, "a deleted secret is still found by id, deletion and all");
+      assert.deepEqual(del.deletion, { deletedAt: T0 + 1000, purgeAt: T0 + 61_000 });
+      assert.equal(await s.findSecret("byid", "byid/a"), undefined, "not by name");
+      assert.equal(await s.findSecretById(randomUUID()), undefined);
+      const back = restore(del, T0 + 2000);
+      assert.equal(await s.replaceSecret(back, del.revision), true);
+      assert.deepEqual(await s.findSecretById(doc.id), back);
+      assert.deepEqual(await s.findSecret("byid", "byid/a"), back);
+    });
+
+    it("keeps live names unique, while soft-deleted secrets give theirs up and may share one", async () => {
+      const store = "softnames";
+      const first = secretDoc("shared", { store });
+      const firstDel = await insertDeleted(first, T0 + 1000);
+      const second = secretDoc("shared", { store });
+      assert.equal(await s.insertSecret(second), true, "a deleted secret frees its name");
+      assert.equal((await s.findSecret(store, "shared"))?.id, second.id);
+      assert.equal(await s.insertSecret(secretDoc("shared", { store })), false, "the name is live again");
+
+      // Restoring the deleted one while its name is held by a live one.
+      await rejectsNameTaken(s.replaceSecret(restore(firstDel, T0 + 2000), firstDel.revision), store, "shared");
+      assert.deepEqual(await s.findSecretById(first.id), firstDel, "nothing written");
+      assert.equal((await s.findSecret(store, "shared"))?.id, second.id);
+
+      // Two deleted secrets of the same name.
+      const secondDel = softDelete(second, T0 + 3000, 3600);
+      assert.equal(await s.replaceSecret(secondDel, second.revision), true);
+      const deleted = await s.listSecrets({ store, prefix: "", limit: 10, state: "deleted" });
+      assert.deepEqual(deleted.map((d) => d.id).sort(), [first.id, second.id].sort());
+      assert.equal(await s.findSecret(store, "shared"), undefined);
+
+      // With the name free, either can come back; then the other cannot.
+      const firstBack = restore(firstDel, T0 + 4000);
+      assert.equal(await s.replaceSecret(firstBack, firstDel.revision), true);
+      assert.deepEqual(await s.findSecret(store, "shared"), firstBack);
+      await rejectsNameTaken(s.replaceSecret(restore(secondDel, T0 + 5000), secondDel.revision), store, "shared");
+      assert.deepEqual(await s.findSecretById(second.id), secondDel);
+    });
+
+    it("refuses a rename or move onto a live name with NameTakenError, but not onto a deleted one's", async () => {
+      const store = "renames";
+      const a = secretDoc("a", { store });
+      const b = secretDoc("b", { store });
+      for (const d of [a, b]) assert.equal(await s.insertSecret(d), true);
+      await rejectsNameTaken(s.replaceSecret(rename(b, "a", T0 + 1000), b.revision), store, "a");
+      assert.deepEqual(await s.findSecretById(b.id), b, "nothing written");
+      const c = rename(b, "c", T0 + 1000);
+      assert.equal(await s.replaceSecret(c, b.revision), true);
+      assert.equal(await s.findSecret(store, "b"), undefined, "the old name is free");
+      assert.equal((await s.findSecret(store, "c"))?.id, b.id);
+
+      // Into another store, onto a name taken there.
+      const there = secretDoc("c", { store: "renames-elsewhere" });
+      assert.equal(await s.insertSecret(there), true);
+      const moved = move(c, "renames-elsewhere", "c", [sealed()], T0 + 2000);
+      await rejectsNameTaken(s.replaceSecret(moved, c.revision), "renames-elsewhere", "c");
+      assert.deepEqual(await s.findSecretById(b.id), c);
+
+      // Onto the name of a deleted secret.
+      const aDel = softDelete(a, T0 + 3000, 3600);
+      assert.equal(await s.replaceSecret(aDel, a.revision), true);
+      const cToA = rename(c, "a", T0 + 4000);
+      assert.equal(await s.replaceSecret(cToA, c.revision), true);
+      assert.equal((await s.findSecret(store, "a"))?.id, b.id);
+      assert.deepEqual(await s.findSecretById(a.id), aDel, "the deleted one is untouched");
+    });
+
+    it("applies an atomic batch all or nothing", async () => {
+      const store = "atomic";
+      const a = secretDoc("a", { store });
+      const b = secretDoc("b", { store });
+      for (const d of [a, b]) assert.equal(await s.insertSecret(d), true);
+
+      // All ok.
+      const c = secretDoc("c", { store });
+      const a2 = applyMetadataPatch(a, { description: "a2" }, T0 + 1000);
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "insert", doc: c },
+            { op: "replace", doc: a2, expectedRevision: a.revision },
+            { op: "delete", id: b.id, expectedRevision: b.revision },
+          ],
+          true,
+        ),
+        ["ok", "ok", "ok"],
+      );
+      assert.deepEqual(await s.findSecret(store, "c"), c);
+      assert.deepEqual(await s.findSecret(store, "a"), a2);
+      assert.equal(await s.findSecretById(b.id), undefined);
+
+      // Watch the feed: a rolled-back batch must leave no event behind.
+      const feed = read(s, 1, undefined);
+      await feed.started;
+
+      // One conflict: that write says so, every other one was not applied, and nothing was written.
+      const d = secretDoc("d", { store });
+      const a3 = applyMetadataPatch(a2, { description: "a3" }, T0 + 2000);
+      const c2 = applyMetadataPatch(c, { description: "c2" }, T0 + 2000);
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "insert", doc: d },
+            { op: "replace", doc: a3, expectedRevision: a2.revision },
+            { op: "replace", doc: c2, expectedRevision: c.revision + 5 },
+            { op: "delete", id: c.id, expectedRevision: c.revision },
+          ],
+          true,
+        ),
+        ["not_applied", "not_applied", "conflict", "not_applied"],
+      );
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "insert", doc: d },
+            { op: "delete", id: randomUUID(), expectedRevision: 1 },
+          ],
+          true,
+        ),
+        ["not_applied", "conflict"],
+        "deleting a missing document is a conflict",
+      );
+      // A taken name.
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "insert", doc: d },
+            { op: "insert", doc: secretDoc("a", { store }) },
+            { op: "replace", doc: a3, expectedRevision: a2.revision },
+          ],
+          true,
+        ),
+        ["not_applied", "name_taken", "not_applied"],
+      );
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "insert", doc: secretDoc("e", { store }) },
+            { op: "insert", doc: secretDoc("e", { store }) },
+          ],
+          true,
+        ),
+        ["not_applied", "name_taken"],
+        "a name taken by an earlier write of the same batch",
+      );
+      assert.deepEqual(
+        await s.applyWrites(
+          [
+            { op: "replace", doc: a3, expectedRevision: a2.revision },
+            { op: "replace", doc: rename(c, "a", T0 + 2000), expectedRevision: c.revision },
+          ],
+          true,
+        ),
+        ["not_applied", "name_taken"],
+        "a rename onto a live name",
+      );
+      assert.equal(await s.findSecret(store, "d"), undefined);
+      assert.equal(await s.findSecret(store, "e"), undefined);
+      assert.deepEqual(await s.findSecret(store, "a"), a2);
+      assert.deepEqual(await s.findSecret(store, "c"), c);
+      assert.deepEqual(namesOf(await s.listSecrets({ store, prefix: "", limit: 10 })), ["a", "c"]);
+
+      const marker = secretDoc("marker", { store });
+      assert.equal(await s.insertSecret(marker), true);
+      const [first] = await feed.items;
+      assert.ok(first && first.op === "insert", `the first change after the failed batches is the marker, got ${JSON.stringify(first)}`);
+      assert.equal(first.id, marker.id);
+    });
+
+    it("applies a batch that is not atomic write by write, keeping the writes that worked", async () => {
+      const store = "loose";
+      const x = secretDoc("x", { store });
+      const z = secretDoc("z", { store });
+      for (const d of [x, z]) assert.equal(await s.insertSecret(d), true);
+      const y = secretDoc("y", { store });
+      const x2 = applyMetadataPatch(x, { description: "x2" }, T0 + 1000);
+      const outcomes = await s.applyWrites(
+        [
+          { op: "insert", doc: y },
+          { op: "replace", doc: applyMetadataPatch(x, { description: "stale" }, T0 + 1000), expectedRevision: x.revision + 1 },
+          { op: "insert", doc: secretDoc("x", { store }) },
+          { op: "delete", id: randomUUID(), expectedRevision: 1 },
+          { op: "replace", doc: rename(z, "y", T0 + 1000), expectedRevision: z.revision },
+          { op: "replace", doc: x2, expectedRevision: x.revision },
+          { op: "delete", id: z.id, expectedRevision: z.revision },
+        ],
+        false,
+      );
+      assert.deepEqual(outcomes, ["ok", "conflict", "name_taken", "conflict", "name_taken", "ok", "ok"]);
+      assert.deepEqual(await s.findSecret(store, "y"), y, "an earlier write is kept");
+      assert.deepEqual(await s.findSecret(store, "x"), x2, "a later write is applied");
+      assert.equal(await s.findSecretById(z.id), undefined);
+      assert.deepEqual(namesOf(await s.listSecrets({ store, prefix: "", limit: 10 })), ["x", "y"]);
+      assert.deepEqual(await s.applyWrites([{ op: "insert", doc: secretDoc("x", { store }) }], false), ["name_taken"]);
+    });
+
+    it("lists by state, folder, tag and prefix, alone and combined", async () => {
+      const store = "filters";
+      const docs = [
+        shaped("app/db", store, { folder: "app", tags: ["db", "prod"] }),
+        shaped("app/cache", store, { folder: "app", tags: ["prod"], expiresAt: T0 + 10_000 }),
+        shaped("app/old", store, { folder: "app", tags: ["db"], expiresAt: T0 + 5_000 }),
+        shaped("web/key", store, { folder: "web", tags: ["prod"] }),
+        shaped("root", store),
+      ];
+      for (const d of docs) assert.equal(await s.insertSecret(d), true);
+      // Deleted ones: one that would count as expired, one that would match every filter below.
+      await insertDeleted(shaped("app/gone", store, { folder: "app", tags: ["db", "prod"], expiresAt: T0 + 1 }), T0 + 100);
+      await insertDeleted(shaped("app/was", store, { folder: "app", tags: ["prod"] }), T0 + 100);
+      await s.insertSecret(shaped("app/db", "filters-other", { folder: "app", tags: ["prod"] }));
+
+      const ls = async (q: Omit<ListQuery, "store" | "prefix" | "limit"> & { prefix?: string; limit?: number }) =>
+        namesOf(await s.listSecrets({ store, ...q, limit: q.limit ?? 100, prefix: q.prefix ?? "" }));
+      const at5 = T0 + 5_000;
+      const at10 = T0 + 10_000;
+
+      assert.deepEqual(await ls({}), ["app/cache", "app/db", "app/old", "root", "web/key"], "live by default");
+      assert.deepEqual(await ls({ state: "live", now: at10 }), ["app/cache", "app/db", "app/old", "root", "web/key"]);
+      assert.deepEqual(await ls({ state: "active", now: at5 - 1 }), ["app/cache", "app/db", "app/old", "root", "web/key"]);
+      assert.deepEqual(await ls({ state: "active", now: at5 }), ["app/cache", "app/db", "root", "web/key"], "expiry is inclusive");
+      assert.deepEqual(await ls({ state: "active", now: at10 }), ["app/db", "root", "web/key"]);
+      assert.deepEqual(await ls({ state: "expired", now: at5 - 1 }), []);
+      assert.deepEqual(await ls({ state: "expired", now: at5 }), ["app/old"]);
+      assert.deepEqual(await ls({ state: "expired", now: at10 }), ["app/cache", "app/old"], "never a deleted secret");
+      assert.deepEqual(await ls({ state: "deleted", now: at10 }), ["app/gone", "app/was"]);
+
+      assert.deepEqual(await ls({ folder: "app" }), ["app/cache", "app/db", "app/old"]);
+      assert.deepEqual(await ls({ folder: "" }), ["root"], "the empty folder is a folder too");
+      assert.deepEqual(await ls({ folder: "ap" }), [], "a folder matches exactly");
+      assert.deepEqual(await ls({ tag: "prod" }), ["app/cache", "app/db", "web/key"]);
+      assert.deepEqual(await ls({ tag: "db" }), ["app/db", "app/old"]);
+      assert.deepEqual(await ls({ tag: "pro" }), [], "a tag matches exactly");
+      assert.deepEqual(await ls({ prefix: "app/" }), ["app/cache", "app/db", "app/old"]);
+      assert.deepEqual(await ls({ prefix: "app/c" }), ["app/cache"]);
+
+      assert.deepEqual(await ls({ prefix: "app/", tag: "prod", state: "active", now: at10 }), ["app/db"]);
+      assert.deepEqual(await ls({ folder: "app", tag: "db", state: "expired", now: at5 }), ["app/old"]);
+      assert.deepEqual(await ls({ folder: "app", tag: "prod", state: "deleted" }), ["app/gone", "app/was"]);
+      assert.deepEqual(await ls({ folder: "app", tag: "db", state: "deleted", prefix: "app/g" }), ["app/gone"]);
+      assert.deepEqual(await ls({ folder: "web", tag: "db" }), []);
+      assert.deepEqual(await ls({ tag: "prod", limit: 2 }), ["app/cache", "app/db"]);
+      assert.deepEqual(
+        namesOf(await s.listSecrets({ store, prefix: "", limit: 2, tag: "prod", after: { name: "app/db", id: "\u{10FFFF}" } })),
+        ["web/key"],
+        "a filter holds across pages",
+      );
+      assert.deepEqual(
+        namesOf(await s.listSecrets({ store, prefix: "", limit: 2, tag: "prod", before: { name: "web/key", id: "" } })),
+        ["app/cache", "app/db"],
+      );
+    });
+
+    it("pages by (name, id) both ways, through secrets sharing a name", async () => {
+      const store = "cursors";
+      // Three deleted secrets named "same", two others around them, and live ones that must not show.
+      for (const n of ["alpha", "same", "same", "same", "zeta"]) await insertDeleted(secretDoc(n, { store }), T0 + 100);
+      for (const n of ["alpha", "same", "zeta"]) assert.equal(await s.insertSecret(secretDoc(n, { store })), true);
+      const all = await s.listSecrets({ store, prefix: "", limit: 100, state: "deleted" });
+      assert.equal(all.length, 5);
+      assert.deepEqual(all, [...all].sort(byNameThenId), "in (name, id) order");
+      assert.deepEqual(namesOf(all), ["alpha", "same", "same", "same", "zeta"]);
+      const key = (d: SecretDocument) => `${d.name}/${d.id}`;
+
+      for (const limit of [1, 2, 3]) {
+        const forward: SecretDocument[] = [];
+        let after: { name: string; id: string } | undefined;
+        for (let guard = 0; guard < 10; guard++) {
+          const page = await s.listSecrets({ store, prefix: "", limit, state: "deleted", after });
+          forward.push(...page);
+          const last = page[page.length - 1];
+          if (page.length < limit || !last) break;
+          after = { name: last.name, id: last.id };
+        }
+        assert.deepEqual(forward.map(key), all.map(key), `forward in pages of ${limit}`);
+
+        const backward: SecretDocument[] = [];
+        let before: { name: string; id: string } = { name: "\u{10FFFF}", id: "" };
+        for (let guard = 0; guard < 10; guard++) {
+          const page = await s.listSecrets({ store, prefix: "", limit, state: "deleted", before });
+          backward.unshift(...page);
+          const first = page[0];
+          if (page.length < limit || !first) break;
+          before = { name: first.name, id: first.id };
+        }
+        assert.deepEqual(backward.map(key), all.map(key), `backward in pages of ${limit}`);
+      }
+
+      // Positions inside the run of equal names.
+      const [, s1, s2, s3] = all as [SecretDocument, SecretDocument, SecretDocument, SecretDocument, SecretDocument];
+      const q = { store, prefix: "", limit: 10, state: "deleted" as const };
+      assert.deepEqual((await s.listSecrets({ ...q, after: { name: s1.name, id: s1.id } })).map(key), all.slice(2).map(key));
+      assert.deepEqual((await s.listSecrets({ ...q, before: { name: s3.name, id: s3.id } })).map(key), all.slice(0, 3).map(key));
+      assert.deepEqual((await s.listSecrets({ ...q, limit: 1, before: { name: s3.name, id: s3.id } })).map(key), [key(s2)]);
+      assert.deepEqual(
+        (await s.listSecrets({ ...q, after: { name: s1.name, id: s1.id }, before: { name: s3.name, id: s3.id } })).map(key),
+        [key(s2)],
+        "both bounds",
+      );
+      assert.deepEqual((await s.listSecrets({ ...q, prefix: "same", after: { name: s3.name, id: s3.id } })).map(key), []);
+    });
+
+    it("finds due purges of deleted secrets at their purge time, and never their rotation", async () => {
+      const due = (await fixture.open()).storage; // a fresh backend: only our secrets
+      try {
+        const names = async (now: number) => (await due.findDueSecrets(now, 10)).map((d) => d.name);
+        const a = secretDoc("due/a", { kind: "automatic", interval: 10 }); // rotates at T0 + 10 s
+        const b = secretDoc("due/b", { kind: "automatic", interval: 20 }); // would rotate at T0 + 20 s
+        const c = secretDoc("due/c", { kind: "automatic", interval: 30 }); // would rotate at T0 + 30 s
+        const m = secretDoc("due/m");
+        for (const d of [a, b, c, m]) assert.equal(await due.insertSecret(d), true);
+        const bDel = softDelete(b, T0 + 1000, 5); // purge at T0 + 6 s
+        const cDel = softDelete(c, T0 + 1000, 1000); // purge at T0 + 1001 s
+        const mDel = softDelete(m, T0 + 2000, 100); // purge at T0 + 102 s
+        assert.equal(await due.replaceSecret(bDel, b.revision), true);
+        assert.equal(await due.replaceSecret(cDel, c.revision), true);
+        assert.equal(await due.replaceSecret(mDel, m.revision), true);
+
+        assert.equal(await due.nextRotationAt(), T0 + 6000, "the earliest purge");
+        assert.deepEqual(await names(T0 + 5999), []);
+        assert.deepEqual(await names(T0 + 6000), ["due/b"]);
+        assert.deepEqual(await names(T0 + 30_000), ["due/b", "due/a"], "no rotation of a deleted secret");
+        assert.deepEqual(await names(T0 + 102_000), ["due/b", "due/a", "due/m"]);
+        assert.deepEqual(await names(T0 + 1_001_000), ["due/b", "due/a", "due/m", "due/c"]);
+        const [dueB] = await due.findDueSecrets(T0 + 6000, 1);
+        assert.deepEqual(dueB, bDel, "the whole deleted document");
+
+        // Restored, b is due for its rotation again; purged, m is due for nothing.
+        const bBack = restore(bDel, T0 + 7000);
+        assert.equal(await due.replaceSecret(bBack, bDel.revision), true);
+        assert.equal(await due.deleteSecret(m.id, mDel.revision), true);
+        assert.deepEqual(await names(T0 + 19_999), ["due/a"]);
+        assert.deepEqual(await names(T0 + 20_000), ["due/a", "due/b"]);
+        assert.deepEqual(await names(T0 + 102_000), ["due/a", "due/b"]);
+        assert.equal(await due.nextRotationAt(), T0 + 10_000);
+        assert.equal(await due.deleteSecret(a.id, a.revision), true);
+        assert.equal(await due.deleteSecret(b.id, bBack.revision), true);
+        assert.equal(await due.nextRotationAt(), T0 + 1_001_000, "only c's purge is left");
+      } finally {
+        await due.close();
+      }
+    });
+
+    it("says in each change event what the write did and when the scheduler must act next", async () => {
+      const ev = (await fixture.open()).storage; // a fresh backend: only our changes
+      try {
+        const feed = read(ev, 12, undefined);
+        await feed.started;
+        const doc = secretDoc("ch/one", { kind: "automatic", interval: 60, store: "ch" }); // rotates at T0 + 60 s
+        const writes: SecretDocument[] = [doc];
+        const step = async (next: SecretDocument) => {
+          const prev = writes[writes.length - 1] as SecretDocument;
+          assert.equal(await ev.replaceSecret(next, prev.revision), true, next.lastChange);
+          writes.push(next);
+          return next;
+        };
+        assert.equal(await ev.insertSecret(doc), true);
+        const upd = await step(applyMetadataPatch(doc, { description: "new words" }, T0 + 1000));
+        const rot = await step(appendVersion(upd, sealed(), T0 + 2000, 10)); // next rotation T0 + 62 s
+        const st = await step(setVersionState(rot, 1, "deactivated", T0 + 3000));
+        const ren = await step(rename(st, "ch/two", T0 + 4000));
+        const mov = await step(move(ren, "ch-b", "ch/three", [sealed(), sealed()], T0 + 5000));
+        const del = await step(softDelete(mov, T0 + 6000, 100)); // purge at T0 + 106 s
+        const back = await step(restore(del, T0 + 7000));
+        const del2 = await step(softDelete(back, T0 + 8000, 100));
+        assert.equal(await ev.deleteSecret(doc.id, del2.revision), true, "purge");
+        const live = secretDoc("ch/live", { store: "ch" });
+        assert.equal(await ev.insertSecret(live), true);
+        assert.equal(await ev.deleteSecret(live.id, live.revision), true, "a hard delete of a live secret");
+
+        const events = (await feed.items).filter((i): i is ChangeEvent => i.op !== "start" && i.op !== "reset");
+        const seen = events.map((e) => [e.op, e.change, e.store, e.name, e.revision, e.nextRotationAt, e.dueAt]);
+        assert.deepEqual(seen, [
+          ["insert", "created", "ch", "ch/one", 1, T0 + 60_000, T0 + 60_000],
+          ["update", "updated", "ch", "ch/one", 2, T0 + 60_000, T0 + 60_000],
+          ["update", "rotated", "ch", "ch/one", 3, T0 + 62_000, T0 + 62_000],
+          ["update", "state_changed", "ch", "ch/one", 4, T0 + 62_000, T0 + 62_000],
+          ["update", "renamed", "ch", "ch/two", 5, T0 + 62_000, T0 + 62_000],
+          ["update", "moved", "ch-b", "ch/three", 6, T0 + 62_000, T0 + 62_000],
+          ["update", "deleted", "ch-b", "ch/three", 7, null, T0 + 106_000],
+          ["update", "restored", "ch-b", "ch/three", 8, T0 + 62_000, T0 + 62_000],
+          ["update", "deleted", "ch-b", "ch/three", 9, null, T0 + 108_000],
+          ["delete", "purged", "ch-b", "ch/three", 9, null, null],
+          ["insert", "created", "ch", "ch/live", 1, null, null],
+          ["delete", "deleted", "ch", "ch/live", 1, null, null],
+        ]);
+        assert.deepEqual(
+          events.slice(0, 10).map((e) => e.id),
+          Array(10).fill(doc.id),
+        );
+        assert.deepEqual(
+          events.slice(1, 9).map((e) => e.at),
+          [T0 + 1000, T0 + 2000, T0 + 3000, T0 + 4000, T0 + 5000, T0 + 6000, T0 + 7000, T0 + 8000],
+          "an update is dated by the document",
+        );
+        assert.equal(events[2]?.version, 2, "the rotation made version 2");
+      } finally {
+        await ev.close();
+      }
+    });
+
+    it("counts only live secrets in usage", async () => {
+      const u = (await fixture.open()).storage; // a fresh backend
+      try {
+        await u.insertStore(newStoreRecord({ name: "uz", description: "", managedBy: null }, T0));
+        const live = secretDoc("live", { store: "uz" });
+        const alsoLive = appendVersion(secretDoc("also", { store: "uz" }), sealed(), T0 + 1, 10);
+        const gone = appendVersion(secretDoc("gone", { store: "uz" }), sealed(), T0 + 1, 10);
+        for (const d of [live, alsoLive, gone]) assert.equal(await u.insertSecret(d), true);
+        const goneDel = softDelete(gone, T0 + 2, 3600);
+        assert.equal(await u.replaceSecret(goneDel, gone.revision), true);
+        await insertDeleted(secretDoc("gone2", { store: "other-uz" }), T0 + 2, 3600, u);
+        const sealedOf = (d: SecretDocument) => d.versions.reduce((n, v) => n + v.sealed.length, 0);
+        const liveUsage = { stores: 1, secrets: 2, versions: 3, vars: 0, bytes: sealedOf(live) + sealedOf(alsoLive) };
+        assert.deepEqual(await u.usage("uz"), liveUsage);
+        assert.deepEqual(await u.usage("other-uz"), { stores: 0, secrets: 0, versions: 0, vars: 0, bytes: 0 });
+        const all = await u.usage();
+        assert.equal(all.secrets, 2);
+        assert.equal(all.versions, 3);
+        assert.equal(all.bytes, liveUsage.bytes);
+        // Restored, it counts again.
+        assert.equal(await u.replaceSecret(restore(goneDel, T0 + 3), goneDel.revision), true);
+        assert.deepEqual(await u.usage("uz"), { ...liveUsage, secrets: 3, versions: 5, bytes: liveUsage.bytes + sealedOf(gone) });
+      } finally {
+        await u.close();
+      }
     });
   });
 }
