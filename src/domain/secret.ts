@@ -388,7 +388,8 @@ export function appendVersion(
   const versions = doc.versions.map((v) => {
     if (v !== current) return v;
     if (opts.previousState) return withState({ ...v, validUntil: v.validUntil ?? now }, opts.previousState);
-    return v.validUntil === null ? { ...v, validUntil: graceEnd } : v;
+    // A full grace window from now, even for a version superseded before (and current again since).
+    return { ...v, validUntil: Math.max(v.validUntil ?? graceEnd, graceEnd) };
   });
   versions.push({ version: next, createdAt: now, validUntil: null, sealed, state: "active", binary: opts.binary ?? false });
   const kept = versions.length > maxVersions ? versions.slice(versions.length - maxVersions) : versions;

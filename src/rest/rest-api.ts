@@ -11,6 +11,7 @@ import {
   type SecretKind,
   type SecretType,
   VERSION_STATES,
+  validateBinaryValue,
   type VersionRecord,
   type VersionState,
   validVersions,
@@ -278,7 +279,7 @@ export function createRestApi(deps: {
         run: async ({ req, res, principal, store }) => {
           const body = await readObject(req, ["names"]);
           const results = await lk.batchGet(principal, store, stringList(body, "names"));
-          json(res, 200, {
+          json(res, results.every((r) => r.secret) ? 200 : 207, {
             results: results.map((r) => (r.secret ? { ok: true, ...secretValue(r.secret) } : { name: r.name, ok: false, error: r.error })),
           });
         },
@@ -831,7 +832,7 @@ function valueOf(body: Record<string, unknown>): { value?: string; binaryValue?:
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) {
     throw invalidArgument("value_base64", "encoding", "value_base64 must be standard base64");
   }
-  return { binaryValue: Buffer.from(b64, "base64") };
+  return { binaryValue: Buffer.from(validateBinaryValue(Buffer.from(b64, "base64"), "value_base64")) };
 }
 
 function metadataOf(body: Record<string, unknown>) {

@@ -148,8 +148,10 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
           backoff = 100;
           if (item.op === "reset") {
             arm(clock.now());
-          } else if (item.op !== "start" && item.nextRotationAt !== null) {
-            arm(item.nextRotationAt);
+          } else if (item.op !== "start") {
+            // Rotations and purges of deleted secrets alike: whatever the secret is next due for.
+            const due = item.dueAt ?? item.nextRotationAt;
+            if (due !== null) arm(due);
           }
           if (item.token !== undefined) token = item.token;
           if (token !== undefined && clock.now() - lastSaved >= saveEveryMs) {

@@ -430,10 +430,11 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       // One extra row tells whether there is more in the direction read.
       const more = rows.length > limit;
       const docs = cursor?.dir === "prev" ? (more ? rows.slice(1) : rows) : rows.slice(0, limit);
-      const first = docs[0];
-      const last = docs[docs.length - 1];
       const hasNext = cursor?.dir === "prev" ? true : more;
       const hasPrev = cursor?.dir === "prev" ? more : cursor !== undefined;
+      // A page emptied by deletions still leads back the way it came, from the cursor itself.
+      const first = docs[0] ?? (cursor && { name: cursor.name, id: cursor.dir === "next" ? `${cursor.id}\u0000` : cursor.id });
+      const last = docs[docs.length - 1] ?? (cursor && { name: cursor.name, id: cursor.dir === "prev" ? "" : cursor.id });
       return {
         docs,
         nextPageToken: hasNext && last ? encodeListCursor("next", last) : "",
@@ -542,6 +543,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     },
 
     async copy(from, to, opts = {}) {
+      validateName(to.name, "to_name");
       const src = await load(from);
       const current = requireCurrentVersion(src);
       const value = await openVersion(src, current);
