@@ -6,6 +6,12 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { SecretService } from "../gen/latchkey/v1/secret_service_pb.js";
 import { StoreService } from "../gen/latchkey/v1/store_service_pb.js";
 import { VarService } from "../gen/latchkey/v1/var_service_pb.js";
+import { TokenService } from "../gen/latchkey/v1/token_service_pb.js";
+import { AuditService } from "../gen/latchkey/v1/audit_service_pb.js";
+import { createAuditor } from "./audit/auditor.js";
+import { createAuditServiceImpl, createTokenServiceImpl } from "./rpc/token-service.js";
+import { createTokenManager } from "./service/tokens.js";
+import { createVerifyLimiter } from "./service/verify-limiter.js";
 import { createAccessControl } from "./auth/access.js";
 import type { Config } from "./config/config.js";
 import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope.js";
@@ -84,7 +90,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     clock,
     logger,
     maxVersions: config.maxVersions,
+    verifyLimiter: createVerifyLimiter(config.verifyLimits, clock),
   });
+  const auditor = createAuditor({ storage, logger, mirror: config.auditStdout });
   try {
     const rewrapped = await envelope.rewrapAll();
     if (rewrapped > 0) logger.info({ rewrapped }, `re-wrapped ${rewrapped} data keys under master key ${masterKey.id}`);
@@ -95,19 +103,30 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     throw err;
   }
 
-  const scheduler = createRotationScheduler({ storage, rotate: (doc) => manager.runDue(doc), clock, logger });
+  const scheduler = createRotationScheduler({
+    storage,
+    rotate: (doc) => auditor.system(doc.deletion ? "scheduler/purge" : "scheduler/rotate", () => manager.runDue(doc)),
+    clock,
+    logger,
+  });
 
   const access = createAccessControl({
     adminTokens,
     serviceTokens: config.serviceTokens,
     allowedIps: config.allowedIps,
     trustedProxies: config.trustedProxies,
+    tokens: storage,
+    clock,
   });
+  const tokens = createTokenManager({ storage, clock, onRevoke: (hash) => access.forgetToken(hash) });
   let draining = false;
   const drain = new AbortController();
   const rest = createRestApi({
     latchkey,
     access,
+    auditor,
+    tokens,
+    auditLog: storage,
     logger,
     ready: async () => {
       if (draining) return false;
@@ -122,8 +141,10 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       router.service(SecretService, createSecretServiceImpl({ latchkey, drain: drain.signal }));
       router.service(StoreService, createStoreServiceImpl({ latchkey }));
       router.service(VarService, createVarServiceImpl({ latchkey }));
+      router.service(TokenService, createTokenServiceImpl({ tokens }));
+      router.service(AuditService, createAuditServiceImpl({ storage }));
     },
-    interceptors: [createRpcInterceptor({ access, logger })],
+    interceptors: [createRpcInterceptor({ access, auditor, logger })],
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
     // Batches carry up to 100 values of up to 64 KiB.
     readMaxBytes: 8 * 1024 * 1024,
@@ -178,6 +199,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
         drain.abort();
         await server.close(graceMs);
         await scheduler.stop();
+        await auditor.flush();
         await storage.close();
       })();
       return closing;

@@ -4,9 +4,10 @@ import { openStorage, resolveMasterKey } from "../app.js";
 import { ConfigError, loadConfig } from "../config/config.js";
 import { createLogger } from "../log/logger.js";
 import { exportSecrets, ImportError, importSecrets } from "../service/transfer.js";
+import { verifyAuditLog } from "../service/audit-verify.js";
 
 /** Exit codes scripts can rely on. */
-export const EXIT = { ok: 0, error: 1, usage: 2, conflict: 3 } as const;
+export const EXIT = { ok: 0, error: 1, usage: 2, conflict: 3, tampered: 4 } as const;
 
 const USAGE = `usage: latchkey <command> [options]
 
@@ -15,6 +16,8 @@ LATCHKEY_DATA_DIR or MONGODB_URI, and LATCHKEY_MASTER_KEY):
   export [--out FILE]   write every secret, with its versions still sealed, as JSON Lines (default: stdout)
   import [--in FILE]    read an export into the configured store (default: stdin); existing ids are skipped,
                         names held by other secrets are reported as conflicts (exit 3)
+  verify-audit          check the hash chain of the audit log: exit 0 if intact, 4 at the first entry that was
+                        edited, removed or reordered
 
 Moving from the embedded store to MongoDB:
   latchkey export --out dump.jsonl
@@ -83,6 +86,23 @@ export async function run(argv: string[], io = { stdout: process.stdout as Writa
           return EXIT.error;
         }
         throw err;
+      } finally {
+        await storage.close();
+      }
+    }
+    case "verify-audit": {
+      const storage = await openStorage(config, logger);
+      try {
+        const result = await verifyAuditLog(storage);
+        for (const c of result.chains) {
+          io.stdout.write(
+            c.ok
+              ? `chain ${c.chain}: ${c.checked} entries, intact\n`
+              : `chain ${c.chain}: BROKEN at entry ${c.brokenAt}: ${c.reason} (${c.checked} entries before it are intact)\n`,
+          );
+        }
+        if (result.chains.length === 0) io.stdout.write("the audit log is empty\n");
+        return result.ok ? EXIT.ok : EXIT.tampered;
       } finally {
         await storage.close();
       }

@@ -32,6 +32,10 @@ export interface Config {
   readonly previousMasterKeys: readonly Buffer[];
   /** How long a deleted secret stays restorable, in seconds; 0 deletes for good at once (LATCHKEY_DELETE_RETENTION, default 7 days). */
   readonly deleteRetentionSeconds: number;
+  /** Failed verifications allowed per minute, per caller and per secret (LATCHKEY_VERIFY_FAILURES_PER_CALLER, _PER_SECRET). */
+  readonly verifyLimits: { readonly perCaller: number; readonly perSecret: number };
+  /** Mirror every audit entry to stdout as a JSON line (LATCHKEY_AUDIT_STDOUT=true). */
+  readonly auditStdout: boolean;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
   readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
@@ -124,6 +128,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push(`LATCHKEY_DELETE_RETENTION: "${retentionText}" must be a whole number of seconds (0 to 315360000)`);
   }
 
+  const perCallerText = str("LATCHKEY_VERIFY_FAILURES_PER_CALLER", "20");
+  const perSecretText = str("LATCHKEY_VERIFY_FAILURES_PER_SECRET", "60");
+  for (const [key, text] of [
+    ["LATCHKEY_VERIFY_FAILURES_PER_CALLER", perCallerText],
+    ["LATCHKEY_VERIFY_FAILURES_PER_SECRET", perSecretText],
+  ] as const) {
+    if (!/^\d{1,7}$/.test(text) || Number(text) < 1) problems.push(`${key}: "${text}" must be a whole number of at least 1`);
+  }
+  const auditText = str("LATCHKEY_AUDIT_STDOUT", "false").toLowerCase();
+  if (auditText !== "true" && auditText !== "false") problems.push("LATCHKEY_AUDIT_STDOUT: must be true or false");
+
   const quotas = {
     global: parseLimits(env.LATCHKEY_QUOTAS, "LATCHKEY_QUOTAS", ["stores", "secrets", "versions", "vars", "bytes"], problems),
     perStore: parseLimits(env.LATCHKEY_STORE_QUOTAS, "LATCHKEY_STORE_QUOTAS", ["secrets", "versions", "vars", "bytes"], problems),
@@ -158,6 +173,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     serviceTokens: Object.freeze(serviceTokens),
     previousMasterKeys: Object.freeze(previousMasterKeys),
     deleteRetentionSeconds,
+    verifyLimits: Object.freeze({ perCaller: Number(perCallerText), perSecret: Number(perSecretText) }),
+    auditStdout: auditText === "true",
     quotas: Object.freeze({ global: Object.freeze(quotas.global), perStore: Object.freeze(quotas.perStore) }),
   });
 }

@@ -1,8 +1,11 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import type { AccessControl, Permission } from "../auth/access.js";
+import type { Auditor } from "../audit/auditor.js";
+import type { AccessControl } from "../auth/access.js";
+import { REST_POLICY } from "../auth/policy.js";
 import { type ErrorCode, invalidArgument, LatchkeyError } from "../domain/errors.js";
-import type { Principal } from "../domain/principal.js";
+import { ANONYMOUS, type Principal } from "../domain/principal.js";
+import { outcomeCode } from "../rpc/interceptor.js";
 import {
   currentVersion,
   DEFAULT_STORE,
@@ -23,7 +26,10 @@ import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
 import type { Latchkey } from "../service/latchkey.js";
 import type { BatchItem, BatchResult, OpenedSecret } from "../service/secret-manager.js";
-import type { ListState } from "../storage/storage.js";
+import { listAudit, type TokenManager } from "../service/tokens.js";
+import type { ListState, Storage } from "../storage/storage.js";
+import type { AuditRecord } from "../domain/audit.js";
+import type { TokenRecord } from "../domain/token.js";
 
 export type HttpRequest = IncomingMessage | Http2ServerRequest;
 export type HttpResponse = ServerResponse | Http2ServerResponse;
@@ -40,6 +46,8 @@ export type HttpResponse = ServerResponse | Http2ServerResponse;
 export interface RestApi {
   /** Whether this API owns the path (everything under /v1/ and the health routes). */
   handles(path: string): boolean;
+  /** The operation name of every route (the keys REST_POLICY must cover). */
+  operations(): string[];
   handle(req: HttpRequest, res: HttpResponse, info: RequestInfo): Promise<void>;
 }
 
@@ -70,11 +78,13 @@ interface RouteContext {
   /** The version number in `.../versions/{n}` paths. */
   readonly version: number;
   readonly query: URLSearchParams;
+  /** The client IP. */
+  readonly ip: string | undefined;
 }
 
+/** A route: its operation name (method and path template, the key of REST_POLICY) and what it does. */
 interface Route {
   readonly operation: string;
-  readonly permission: Permission;
   run(ctx: RouteContext): Promise<void>;
 }
 
@@ -139,6 +149,43 @@ function versionView(v: VersionRecord, doc: SecretDocument, now = Date.now()) {
   };
 }
 
+function tokenView(t: TokenRecord) {
+  return {
+    id: t.id,
+    label: t.label,
+    role: t.role,
+    service: t.service,
+    stores: t.stores,
+    prefixes: t.prefixes,
+    allowed_ips: t.allowedIps,
+    expires_at: isoOrNull(t.expiresAt),
+    created_at: isoTime(t.createdAt),
+    created_by: t.createdBy,
+    revoked_at: isoOrNull(t.revokedAt),
+  };
+}
+
+function auditView(r: AuditRecord) {
+  return {
+    chain: r.chain,
+    seq: r.seq,
+    at: isoTime(r.at),
+    request_id: r.requestId,
+    actor_kind: r.actorKind,
+    token_id: r.tokenId,
+    role: r.role,
+    service: r.service,
+    ip: r.ip,
+    op: r.op,
+    store: r.store,
+    name: r.name,
+    version: r.version,
+    code: r.code,
+    prev_hash: r.prevHash,
+    hash: r.hash,
+  };
+}
+
 function batchView(r: BatchResult) {
   return {
     name: r.name,
@@ -171,19 +218,21 @@ function usageView(u: { usage: Usage; limits: Limits }, store?: string) {
 export function createRestApi(deps: {
   latchkey: Latchkey;
   access: AccessControl;
+  auditor: Auditor;
+  tokens: TokenManager;
+  auditLog: Pick<Storage, "listAudit">;
   logger: Logger;
   ready: () => Promise<boolean>;
 }): RestApi {
-  const { latchkey: lk, access, logger } = deps;
+  const { latchkey: lk, access, auditor, logger } = deps;
 
   const health: Record<string, RouteTable> = {
     "/healthz": {
-      GET: { operation: "GET /healthz", permission: "public", run: async ({ res }) => json(res, 200, { status: "ok" }) },
+      GET: { operation: "GET /healthz", run: async ({ res }) => json(res, 200, { status: "ok" }) },
     },
     "/readyz": {
       GET: {
         operation: "GET /readyz",
-        permission: "public",
         run: async ({ res }) => {
           const ready = await deps.ready().catch(() => false);
           json(res, ready ? 200 : 503, { status: ready ? "ready" : "not ready" });
@@ -197,7 +246,6 @@ export function createRestApi(deps: {
     const collection: RouteTable = {
       POST: {
         operation: `POST ${prefix}`,
-        permission: "manage",
         run: async ({ req, res, principal, store }) => {
           const body = await readObject(req, [
             "name",
@@ -226,7 +274,6 @@ export function createRestApi(deps: {
       },
       GET: {
         operation: `GET ${prefix}`,
-        permission: "manage",
         run: async ({ res, principal, store, query }) => {
           const filters = {
             store,
@@ -262,7 +309,6 @@ export function createRestApi(deps: {
     const batchSet: RouteTable = {
       POST: {
         operation: `POST ${prefix}:batchSet`,
-        permission: "manage",
         run: async ({ req, res, principal, store }) => {
           const body = await readObject(req, ["items", "atomic"], false, BATCH_BODY);
           if (!Array.isArray(body.items)) throw invalidArgument("items", "type", "items must be an array");
@@ -275,7 +321,6 @@ export function createRestApi(deps: {
     const batchGet: RouteTable = {
       POST: {
         operation: `POST ${prefix}:batchGet`,
-        permission: "read",
         run: async ({ req, res, principal, store }) => {
           const body = await readObject(req, ["names"]);
           const results = await lk.batchGet(principal, store, stringList(body, "names"));
@@ -288,7 +333,6 @@ export function createRestApi(deps: {
     const batchDelete: RouteTable = {
       POST: {
         operation: `POST ${prefix}:batchDelete`,
-        permission: "manage",
         run: async ({ req, res, principal, store }) => {
           const body = await readObject(req, ["names", "atomic", "purge"]);
           const results = await lk.batchDelete(principal, store, stringList(body, "names"), {
@@ -302,7 +346,6 @@ export function createRestApi(deps: {
     const item: RouteTable = {
       GET: {
         operation: `GET ${prefix}/{name}`,
-        permission: "read",
         run: async ({ res, principal, store, name, query }) => {
           const v = query.get("version");
           if (v !== null && !/^[1-9]\d{0,9}$/.test(v)) {
@@ -315,7 +358,6 @@ export function createRestApi(deps: {
       },
       PUT: {
         operation: `PUT ${prefix}/{name}`,
-        permission: "manage",
         run: async ({ req, res, principal, store, name }) => {
           const body = await readObject(req, [
             "value",
@@ -343,7 +385,6 @@ export function createRestApi(deps: {
       },
       DELETE: {
         operation: `DELETE ${prefix}/{name}`,
-        permission: "manage",
         run: async ({ req, res, principal, store, name, query }) => {
           await lk.deleteSecret(principal, { store, name }, {
             purge: boolParam(query, "purge"),
@@ -353,14 +394,13 @@ export function createRestApi(deps: {
         },
       },
     };
-    const action = (suffix: string, permission: Permission, fields: string[], run: (ctx: RouteContext, body: Record<string, unknown>) => Promise<void>): RouteTable => ({
+    const action = (suffix: string, fields: string[], run: (ctx: RouteContext, body: Record<string, unknown>) => Promise<void>): RouteTable => ({
       POST: {
         operation: `POST ${prefix}/{name}/${suffix}`,
-        permission,
         run: async (ctx) => run(ctx, await readObject(ctx.req, fields, true)),
       },
     });
-    const rotate = action("rotate", "manage", ["previous_state", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+    const rotate = action("rotate", ["previous_state", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
       const prev = optionalString(body, "previous_state");
       if (prev !== undefined && (!isVersionState(prev) || prev === "active")) {
         throw invalidArgument("previous_state", "enum", "previous_state must be deactivated, suspended, compromised or destroyed");
@@ -372,32 +412,31 @@ export function createRestApi(deps: {
       res.setHeader("etag", etag(rotated.doc.revision));
       json(res, 200, secretValue(rotated));
     });
-    const verify = action("verify", "read", ["value", "value_base64"], async ({ res, principal, store, name }, body) => {
+    const verify = action("verify", ["value", "value_base64"], async ({ res, principal, store, name, ip }, body) => {
       const given = valueOf(body);
       if (given.value === undefined && given.binaryValue === undefined) throw invalidArgument("value", "required", "value is required");
-      const result = await lk.verifySecret(principal, { store, name }, given);
+      const result = await lk.verifySecret(principal, { store, name }, given, ip);
       json(res, 200, { valid: result.valid, version: result.valid ? result.version : null });
     });
-    const undelete = action("undelete", "manage", ["id"], async ({ res, principal, store, name }, body) => {
+    const undelete = action("undelete", ["id"], async ({ res, principal, store, name }, body) => {
       json(res, 200, secretMetadata(await lk.undeleteSecret(principal, { store, name }, { id: optionalString(body, "id") })));
     });
-    const copy = action("copy", "manage", ["to_store", "to_name"], async ({ res, principal, store, name }, body) => {
+    const copy = action("copy", ["to_store", "to_name"], async ({ res, principal, store, name }, body) => {
       const to = { store: optionalString(body, "to_store") ?? store, name: requiredString(body, "to_name") };
       const copied = await lk.copySecret(principal, { store, name }, to);
       json(res, 201, secretMetadata(copied.doc));
     });
-    const renameRoute = action("rename", "manage", ["new_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+    const renameRoute = action("rename", ["new_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
       const doc = await lk.renameSecret(principal, { store, name }, requiredString(body, "new_name"), expectedRevisionOf(req, body));
       json(res, 200, secretMetadata(doc));
     });
-    const moveRoute = action("move", "manage", ["to_store", "to_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
+    const moveRoute = action("move", ["to_store", "to_name", "expected_revision"], async ({ req, res, principal, store, name }, body) => {
       const to = { store: requiredString(body, "to_store"), name: optionalString(body, "to_name") ?? name };
       json(res, 200, secretMetadata(await lk.moveSecret(principal, { store, name }, to, expectedRevisionOf(req, body))));
     });
     const versions: RouteTable = {
       GET: {
         operation: `GET ${prefix}/{name}/versions`,
-        permission: "manage",
         run: async ({ res, principal, store, name }) => {
           const doc = await lk.listVersions(principal, { store, name });
           res.setHeader("etag", etag(doc.revision));
@@ -408,7 +447,6 @@ export function createRestApi(deps: {
     const version: RouteTable = {
       PUT: {
         operation: `PUT ${prefix}/{name}/versions/{version}`,
-        permission: "manage",
         run: async ({ req, res, principal, store, name, version: n }) => {
           const body = await readObject(req, ["state", "expected_revision"]);
           const state = requiredString(body, "state");
@@ -429,14 +467,12 @@ export function createRestApi(deps: {
   const usage: RouteTable = {
     GET: {
       operation: "GET /v1/usage",
-      permission: "manage",
       run: async ({ res, principal }) => json(res, 200, usageView(await lk.usage(principal))),
     },
   };
   const stores: RouteTable = {
     POST: {
       operation: "POST /v1/stores",
-      permission: "manage",
       run: async ({ req, res, principal }) => {
         const body = await readObject(req, ["name", "description", "managed_by"]);
         const rec = await lk.createStore(principal, {
@@ -449,7 +485,6 @@ export function createRestApi(deps: {
     },
     GET: {
       operation: "GET /v1/stores",
-      permission: "manage",
       run: async ({ res, principal, query }) => {
         const page = await lk.listStores(principal, {
           pageSize: limitOf(query) ?? LIST_PAGE,
@@ -463,12 +498,10 @@ export function createRestApi(deps: {
   const store: RouteTable = {
     GET: {
       operation: "GET /v1/stores/{store}",
-      permission: "manage",
       run: async ({ res, principal, store }) => json(res, 200, storeView(await lk.getStore(principal, store))),
     },
     DELETE: {
       operation: "DELETE /v1/stores/{store}",
-      permission: "manage",
       run: async ({ res, principal, store, query }) => {
         const purge = query.get("purge");
         if (purge !== null && purge !== "true" && purge !== "false") {
@@ -482,14 +515,12 @@ export function createRestApi(deps: {
   const storeUsage: RouteTable = {
     GET: {
       operation: "GET /v1/stores/{store}/usage",
-      permission: "manage",
       run: async ({ res, principal, store }) => json(res, 200, usageView(await lk.usage(principal, validateStoreName(store)), store)),
     },
   };
   const vars: RouteTable = {
     GET: {
       operation: "GET /v1/stores/{store}/vars",
-      permission: "read",
       run: async ({ res, principal, store, query }) => {
         const page = await lk.listVars(principal, {
           store,
@@ -503,7 +534,6 @@ export function createRestApi(deps: {
     },
     POST: {
       operation: "POST /v1/stores/{store}/vars",
-      permission: "manage",
       run: async ({ req, res, principal, store }) => {
         const body = await readObject(req, ["vars"]);
         const list = body.vars;
@@ -516,12 +546,10 @@ export function createRestApi(deps: {
   const varItem: RouteTable = {
     GET: {
       operation: "GET /v1/stores/{store}/vars/{name}",
-      permission: "read",
       run: async ({ res, principal, store, name }) => json(res, 200, varView(await lk.getVar(principal, store, name))),
     },
     PUT: {
       operation: "PUT /v1/stores/{store}/vars/{name}",
-      permission: "manage",
       run: async ({ req, res, principal, store, name }) => {
         const body = await readObject(req, ["value"]);
         if (typeof body.value !== "string") throw invalidArgument("value", body.value === undefined ? "required" : "type", "value must be a string");
@@ -531,10 +559,61 @@ export function createRestApi(deps: {
     },
     DELETE: {
       operation: "DELETE /v1/stores/{store}/vars/{name}",
-      permission: "manage",
       run: async ({ res, principal, store, name }) => {
         await lk.deleteVar(principal, store, name);
         noContent(res);
+      },
+    },
+  };
+
+  const tokensRoute: RouteTable = {
+    POST: {
+      operation: "POST /v1/tokens",
+      run: async ({ req, res, principal }) => {
+        const body = await readObject(req, ["label", "role", "service", "stores", "prefixes", "allowed_ips", "expires_at"]);
+        const list = (f: string) => (body[f] === undefined || body[f] === null ? undefined : stringList(body, f));
+        const made = await deps.tokens.create(principal, {
+          label: optionalString(body, "label") ?? "",
+          role: requiredString(body, "role"),
+          service: optionalString(body, "service"),
+          stores: list("stores"),
+          prefixes: list("prefixes"),
+          allowedIps: list("allowed_ips"),
+          expiresAt: timeOf(body, "expires_at") ?? undefined,
+        });
+        json(res, 201, { token: tokenView(made.token), secret: made.secret });
+      },
+    },
+    GET: {
+      operation: "GET /v1/tokens",
+      run: async ({ res, query }) => {
+        const page = await deps.tokens.list({ pageSize: limitOf(query) ?? LIST_PAGE, pageToken: query.get("cursor") ?? undefined });
+        if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
+        json(res, 200, page.tokens.map(tokenView));
+      },
+    },
+  };
+  const tokenItem: RouteTable = {
+    DELETE: {
+      operation: "DELETE /v1/tokens/{id}",
+      run: async ({ res, name }) => json(res, 200, tokenView(await deps.tokens.revoke(name))),
+    },
+  };
+  const audit: RouteTable = {
+    GET: {
+      operation: "GET /v1/audit",
+      run: async ({ res, query }) => {
+        const page = await listAudit(deps.auditLog, {
+          from: timeParam(query, "from"),
+          to: timeParam(query, "to"),
+          tokenId: query.get("token_id") ?? undefined,
+          store: query.get("store") ?? undefined,
+          name: query.get("name") ?? undefined,
+          pageSize: limitOf(query) ?? 100,
+          pageToken: query.get("cursor") ?? undefined,
+        });
+        if (page.nextPageToken) res.setHeader("x-next-cursor", page.nextPageToken);
+        json(res, 200, page.events.map(auditView));
       },
     },
   };
@@ -551,6 +630,9 @@ export function createRestApi(deps: {
       return secretMatch(defaultSecrets, DEFAULT_STORE, rest, head.slice("secrets:".length));
     }
     if (head === "usage" && rest.length === 0) return { table: usage, store: "", name: "" };
+    if (head === "tokens" && rest.length === 0) return { table: tokensRoute, store: "", name: "" };
+    if (head === "tokens" && rest.length === 1) return { table: tokenItem, store: "", name: decodeSegment(rest[0] as string, "id") };
+    if (head === "audit" && rest.length === 0) return { table: audit, store: "", name: "" };
     if (head !== "stores") return undefined;
     if (rest.length === 0) return { table: stores, store: "", name: "" };
     const storeName = decodeSegment(rest[0] as string, "store");
@@ -597,9 +679,27 @@ export function createRestApi(deps: {
     return { table, store: storeName, name: tail.map((s) => decodeSegment(s, "name")).join("/"), version };
   }
 
+  const allTables: RouteTable[] = [
+    ...Object.values(health),
+    ...Object.values(defaultSecrets),
+    ...Object.values(storeSecrets),
+    usage,
+    stores,
+    store,
+    storeUsage,
+    vars,
+    varItem,
+    tokensRoute,
+    tokenItem,
+    audit,
+  ];
+
   return {
     handles(path) {
       return path.startsWith("/v1/") || path === "/healthz" || path === "/readyz";
+    },
+    operations() {
+      return allTables.flatMap((t) => Object.values(t).map((r) => (r as Route).operation));
     },
 
     async handle(req, res, info) {
@@ -623,12 +723,30 @@ export function createRestApi(deps: {
           return;
         }
         info.operation = route.operation;
-        const principal = access.authorize(route.permission, {
-          authorization: headerValue(req.headers.authorization),
-          ip: info.ip,
-        });
+        // The policy decides (fail closed for a route it does not know); the decision is audited with the call.
+        const action = REST_POLICY[route.operation];
+        let principal: Principal = ANONYMOUS;
+        let denied: unknown;
+        try {
+          if (action === undefined) throw new LatchkeyError("permission_denied", "no access policy for this route");
+          principal = await access.authenticate(headerValue(req.headers.authorization));
+          access.authorize(action, principal, info.ip);
+        } catch (err) {
+          denied = err;
+        }
         info.principal = principal;
-        await route.run({ req, res, principal, store: found.store, name: found.name, version: found.version ?? 0, query });
+        const ctx = { req, res, principal, store: found.store, name: found.name, version: found.version ?? 0, query, ip: info.ip };
+        if (action === "public") await route.run(ctx);
+        else {
+          await auditor.run(
+            { requestId: info.id, principal, ip: info.ip, op: route.operation },
+            async () => {
+              if (denied !== undefined) throw denied;
+              await route.run(ctx);
+            },
+            outcomeCode,
+          );
+        }
         info.code = "ok";
       } catch (err) {
         const e = toHttpError(err, info.id, logger);
@@ -867,6 +985,14 @@ function batchItemOf(raw: unknown, i: number): BatchItem {
     ...metadataOf(body),
     expectedRevision: optionalInt(body, "expected_revision"),
   };
+}
+
+function timeParam(query: URLSearchParams, name: string): number | undefined {
+  const v = query.get(name);
+  if (v === null) return undefined;
+  const ms = Date.parse(v);
+  if (Number.isNaN(ms)) throw invalidArgument(name, "type", `${name} must be an RFC 3339 time`);
+  return ms;
 }
 
 function listStateOf(v: string | null): ListState | undefined {

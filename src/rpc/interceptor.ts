@@ -1,5 +1,7 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import type { Auditor } from "../audit/auditor.js";
 import type { AccessControl } from "../auth/access.js";
+import { LatchkeyError } from "../domain/errors.js";
 import { ANONYMOUS, type Principal } from "../domain/principal.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
@@ -16,19 +18,41 @@ export const kPrincipal = createContextKey<Principal>(ANONYMOUS, { description: 
  * The one interceptor of every RPC, on every protocol: records the procedure, enforces the access policy,
  * and maps every failure to a ConnectError whose message is safe to return, recording the outcome for the log.
  */
-export function createRpcInterceptor(deps: { access: AccessControl; logger: Logger }): Interceptor {
-  const { access, logger } = deps;
+/** The code name a thrown value becomes for the caller (for the audit log, before it is mapped). */
+export function outcomeCode(err: unknown): string {
+  if (err instanceof LatchkeyError) return err.code;
+  if (err instanceof ConnectError) return codeName(err.code);
+  return "internal";
+}
+
+export function createRpcInterceptor(deps: { access: AccessControl; auditor: Auditor; logger: Logger }): Interceptor {
+  const { access, auditor, logger } = deps;
   return (next) => async (req) => {
     const info = req.contextValues.get(kRequestInfo);
     const requestId = info?.id ?? "unknown";
-    if (info) info.operation = `${req.method.parent.typeName}/${req.method.name}`;
+    const op = `${req.method.parent.typeName}/${req.method.name}`;
+    if (info) info.operation = op;
+    let principal: Principal = ANONYMOUS;
+    let denied: unknown;
     try {
-      const permission = permissionFor(req.method);
-      if (permission === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
-      const principal = access.authorize(permission, { authorization: req.header.get("authorization") ?? undefined, ip: info?.ip });
-      req.contextValues.set(kPrincipal, principal);
-      if (info) info.principal = principal;
-      const res = await next(req);
+      const action = permissionFor(req.method);
+      if (action === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
+      principal = await access.authenticate(req.header.get("authorization") ?? undefined);
+      access.authorize(action, principal, info?.ip);
+    } catch (err) {
+      denied = err;
+    }
+    req.contextValues.set(kPrincipal, principal);
+    if (info) info.principal = principal;
+    try {
+      const res = await auditor.run(
+        { requestId, principal, ip: info?.ip, op },
+        async () => {
+          if (denied !== undefined) throw denied;
+          return next(req);
+        },
+        outcomeCode,
+      );
       res.trailer.set("x-request-id", requestId);
       if (!res.stream) {
         if (info) info.code = "ok";

@@ -16,7 +16,7 @@ import {
   toProtoSecret,
   toProtoVersion,
 } from "./convert.js";
-import { kPrincipal } from "./interceptor.js";
+import { kPrincipal, kRequestInfo } from "./interceptor.js";
 
 export interface SecretServiceDeps {
   readonly latchkey: Latchkey;
@@ -162,7 +162,8 @@ export function createSecretServiceImpl({ latchkey: lk, drain }: SecretServiceDe
       );
     },
     async verifySecret(req, ctx) {
-      return lk.verifySecret(who(ctx), ref(req), { value: req.value, binaryValue: req.binaryValue });
+      const ip = ctx.values.get(kRequestInfo)?.ip;
+      return lk.verifySecret(who(ctx), ref(req), { value: req.value, binaryValue: req.binaryValue }, ip);
     },
     async listSecretVersions(req, ctx) {
       const doc = await lk.listVersions(who(ctx), ref(req));

@@ -1,7 +1,8 @@
+import { auditFor, noteTarget } from "../audit/auditor.js";
 import type { Envelope } from "../crypto/envelope.js";
 import { sealedSize } from "../crypto/envelope.js";
 import { invalidArgument, LatchkeyError, storeNotFound } from "../domain/errors.js";
-import { canSee, ownerFor, type Principal } from "../domain/principal.js";
+import { canSee, checkPrefixScope, checkScope, isAdmin, ownerFor, type Principal, serviceOf } from "../domain/principal.js";
 import { DEFAULT_STORE, type SecretDocument, validateDescription, type VersionState } from "../domain/secret.js";
 import { newStoreRecord, type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
@@ -11,6 +12,7 @@ import type { Clock } from "../scheduler/clock.js";
 import type { Storage } from "../storage/storage.js";
 import { decodePageToken, page, pageLimit } from "./paging.js";
 import type { QuotaGuard } from "./quotas.js";
+import type { VerifyLimiter } from "./verify-limiter.js";
 import type {
   BatchGetResult,
   BatchItem,
@@ -46,7 +48,8 @@ export interface Latchkey {
     ref: SecretRef,
     opts?: { previousState?: Exclude<VersionState, "active">; expectedRevision?: number },
   ): Promise<OpenedSecret>;
-  verifySecret(p: Principal, ref: SecretRef, value: ValueInput | string): Promise<{ valid: boolean; version: number }>;
+  /** `caller` names an anonymous caller (its IP) for the limits on failed attempts. */
+  verifySecret(p: Principal, ref: SecretRef, value: ValueInput | string, caller?: string): Promise<{ valid: boolean; version: number }>;
   listVersions(p: Principal, ref: SecretRef): Promise<SecretDocument>;
   setVersionState(p: Principal, ref: SecretRef, version: number, state: VersionState, expectedRevision?: number): Promise<SecretDocument>;
   copySecret(p: Principal, from: SecretRef, to: SecretRef): Promise<OpenedSecret>;
@@ -84,6 +87,8 @@ export interface LatchkeyDeps {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly maxVersions: number;
+  /** Limits on failed verifications; none when absent. */
+  readonly verifyLimiter?: VerifyLimiter;
 }
 
 /** Store records change rarely (ownership never): reads use a short-lived cache; writes check the store afresh. */
@@ -91,11 +96,12 @@ const STORE_CACHE_MS = 5000;
 const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
 export function createLatchkey(deps: LatchkeyDeps): Latchkey {
-  const { storage, manager, envelope, quotas, clock, logger, maxVersions } = deps;
+  const { storage, manager, envelope, quotas, clock, logger, maxVersions, verifyLimiter } = deps;
   const storeCache = new Map<string, { rec: StoreRecord; at: number }>();
 
   /** The store, if `p` may see it; otherwise not_found, whether it exists or not. */
   async function visibleStore(p: Principal, name: string, fresh = false): Promise<StoreRecord> {
+    noteTarget({ store: name });
     validateStoreName(name);
     let rec: StoreRecord | undefined;
     const hit = storeCache.get(name);
@@ -106,6 +112,15 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       else storeCache.delete(name);
     }
     if (!rec || !canSee(p, rec)) throw storeNotFound(name);
+    checkScope(p, name);
+    return rec;
+  }
+
+  /** The secret's store, if `p` may see it and the token's scope covers the secret's name. */
+  async function secretStore(p: Principal, ref: SecretRef, fresh = false): Promise<StoreRecord> {
+    noteTarget({ name: ref.name });
+    const rec = await visibleStore(p, ref.store, fresh);
+    checkScope(p, ref.store, ref.name);
     return rec;
   }
 
@@ -146,25 +161,26 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return quotas.admit(input.store, growth, () => manager.create({ ...input, storeCreatedAt: store.createdAt }));
     },
     async getSecret(p, ref, version) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       return manager.get(ref, version);
     },
     async listSecrets(p, input) {
       await visibleStore(p, input.store);
+      checkPrefixScope(p, input.store, input.prefix ?? "");
       return manager.list(input);
     },
     async updateSecret(p, ref, input) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       if (input.value === undefined && input.binaryValue === undefined) return manager.update(ref, input);
       const bytes = valueBytes(input);
       return quotas.admit(ref.store, () => versionGrowth(ref, bytes), () => manager.update(ref, input));
     },
     async deleteSecret(p, ref, opts) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       return manager.delete(ref, opts);
     },
     async undeleteSecret(p, ref, opts) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       // A restored secret counts again.
       const growth = async (): Promise<Partial<Usage>> => {
         const page = await storage.listSecrets({ store: ref.store, prefix: ref.name, limit: 1000, state: "deleted" });
@@ -174,24 +190,30 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return quotas.admit(ref.store, growth, () => manager.undelete(ref, opts));
     },
     async rotateSecret(p, ref, opts) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       return quotas.admit(ref.store, () => versionGrowth(ref, 43), () => manager.rotate(ref, opts));
     },
-    async verifySecret(p, ref, value) {
-      await visibleStore(p, ref.store);
-      return manager.verify(ref, typeof value === "string" ? { value } : value);
+    async verifySecret(p, ref, value, caller) {
+      await secretStore(p, ref);
+      // Verify is an oracle: failed attempts are limited per secret and per caller, and checked before trying.
+      const secretKey = `${ref.store}\0${ref.name}`;
+      const callerKey = p.kind === "token" ? `token:${p.tokenId}` : `ip:${caller ?? "unknown"}`;
+      verifyLimiter?.check(secretKey, callerKey);
+      const result = await manager.verify(ref, typeof value === "string" ? { value } : value);
+      if (!result.valid) verifyLimiter?.failed(secretKey, callerKey);
+      return result;
     },
     async listVersions(p, ref) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       return manager.listVersions(ref);
     },
     async setVersionState(p, ref, version, state, expectedRevision) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
       return manager.setVersionState(ref, version, state, expectedRevision);
     },
     async copySecret(p, from, to) {
-      await visibleStore(p, from.store);
-      const target = await visibleStore(p, to.store, true);
+      await secretStore(p, from);
+      const target = await secretStore(p, to, true);
       const growth = async (): Promise<Partial<Usage>> => {
         const src = await storage.findSecret(from.store, from.name);
         const current = src?.versions[src.versions.length - 1];
@@ -200,12 +222,13 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return quotas.admit(to.store, growth, () => manager.copy(from, to, { storeCreatedAt: target.createdAt }));
     },
     async renameSecret(p, ref, newName, expectedRevision) {
-      await visibleStore(p, ref.store);
+      await secretStore(p, ref);
+      checkScope(p, ref.store, newName);
       return manager.rename(ref, newName, expectedRevision);
     },
     async moveSecret(p, ref, to, expectedRevision) {
-      await visibleStore(p, ref.store);
-      const target = await visibleStore(p, to.store, true);
+      await secretStore(p, ref);
+      const target = await secretStore(p, to, true);
       if (to.store === ref.store) return manager.rename(ref, to.name, expectedRevision);
       const growth = async (): Promise<Partial<Usage>> => {
         const src = await storage.findSecret(ref.store, ref.name);
@@ -218,6 +241,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     },
     async batchUpsert(p, store, items, atomic) {
       const target = await visibleStore(p, store, true);
+      for (const item of items) if (typeof item.name === "string") checkScope(p, store, item.name);
       const growth = async (): Promise<Partial<Usage>> => {
         let secrets = 0;
         let versions = 0;
@@ -237,14 +261,17 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     },
     async batchDelete(p, store, names, opts) {
       await visibleStore(p, store);
+      for (const name of names) checkScope(p, store, name);
       return manager.batchDelete(store, names, opts);
     },
     async batchGet(p, store, names) {
       await visibleStore(p, store);
+      for (const name of names) checkScope(p, store, name);
       return manager.batchGet(store, names);
     },
     async *watchSecrets(p, input, signal) {
       const start = await visibleStore(p, input.store, true);
+      checkPrefixScope(p, input.store, input.prefix ?? "");
       for await (const ev of watchSecrets(storage, input, signal)) {
         // The watch ends with its store: the store is re-read for every event (one indexed read), so a store
         // purged and re-created under the same name, perhaps for another owner, is never watched through.
@@ -267,7 +294,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     async createStore(p, input) {
       validateStoreName(input.name, "name");
       const description = validateDescription(input.description ?? "");
-      if (input.managedBy && p.kind !== "admin") {
+      if (input.managedBy && !isAdmin(p)) {
         throw invalidArgument("managed_by", "not_allowed", "only an admin can create a store for another service");
       }
       if (input.managedBy && !SERVICE_NAME.test(input.managedBy)) {
@@ -275,7 +302,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       }
       const rec = newStoreRecord({ name: input.name, description, managedBy: ownerFor(p, input.managedBy) }, clock.now());
       return quotas.admit(rec.name, () => ({ stores: 1 }), async () => {
-        if (!(await storage.insertStore(rec))) {
+        if (!(await storage.insertStore(rec, auditFor({ store: rec.name })))) {
           throw new LatchkeyError("already_exists", `store "${rec.name}" already exists`, { reason: "STORE_EXISTS" });
         }
         storeCache.set(rec.name, { rec, at: clock.now() });
@@ -288,10 +315,11 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     },
     async listStores(p, input) {
       const limit = pageLimit(input.pageSize);
-      const managedBy = p.kind === "admin" ? undefined : p.kind === "service" ? p.service : null;
+      const managedBy = isAdmin(p) ? undefined : serviceOf(p);
       const rows = await storage.listStores({ after: decodePageToken(input.pageToken), limit: limit + 1, managedBy });
       const { items, nextPageToken } = page(rows, limit, (r) => r.name);
-      return { stores: items.filter((r) => canSee(p, r)), nextPageToken };
+      const scoped = p.kind === "token" ? p.stores : null;
+      return { stores: items.filter((r) => canSee(p, r) && (scoped === null || scoped.includes(r.name))), nextPageToken };
     },
     async deleteStore(p, name, opts) {
       validateStoreName(name, "name");
@@ -317,13 +345,13 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       }
       storeCache.delete(name);
       const removed = await purgeContents(name);
-      await storage.deleteStore(name, rec.state === "active" ? purging.revision : rec.revision);
+      await storage.deleteStore(name, rec.state === "active" ? purging.revision : rec.revision, auditFor({ store: name }));
       logger.info({ event: "store_deleted", store: name, purged_secrets: removed.secrets, purged_vars: removed.vars }, "store deleted");
       return removed;
     },
     async usage(p, store) {
       if (store === undefined || store === "") {
-        if (p.kind !== "admin") {
+        if (!isAdmin(p)) {
           throw new LatchkeyError("permission_denied", "usage of the whole service needs an admin token");
         }
         return { usage: await storage.usage(), limits: quotas.limits.global };
@@ -335,6 +363,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
     async setVars(p, store, input) {
       const vars = checkVarList(input);
       await visibleStore(p, store, true);
+      for (const v of vars) checkScope(p, store, v.name);
       // Records and growth are worked out inside the quota queue, from what the store holds at that moment.
       let records: VarRecord[] | undefined;
       const prepare = async (): Promise<Partial<Usage>> => {
@@ -348,18 +377,19 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       };
       return quotas.admit(store, prepare, async () => {
         if (!records) await prepare();
-        await storage.putVars(records as VarRecord[]);
+        await storage.putVars(records as VarRecord[], auditFor({ store, name: (records as VarRecord[])[0]?.name ?? "" }));
         return records as VarRecord[];
       });
     },
     async getVar(p, store, name) {
-      await visibleStore(p, store);
+      await secretStore(p, { store, name });
       const v = await storage.findVar(store, name);
       if (!v) throw new LatchkeyError("not_found", `var "${name}" not found`, { reason: "VAR_NOT_FOUND" });
       return v;
     },
     async listVars(p, input) {
       await visibleStore(p, input.store);
+      checkPrefixScope(p, input.store, input.prefix ?? "");
       const limit = pageLimit(input.pageSize);
       const rows = await storage.listVars({
         store: input.store,
@@ -371,8 +401,8 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       return { vars: items, nextPageToken };
     },
     async deleteVar(p, store, name) {
-      await visibleStore(p, store);
-      if (!(await storage.deleteVar(store, name))) {
+      await secretStore(p, { store, name });
+      if (!(await storage.deleteVar(store, name, auditFor({ store, name })))) {
         throw new LatchkeyError("not_found", `var "${name}" not found`, { reason: "VAR_NOT_FOUND" });
       }
     },

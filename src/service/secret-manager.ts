@@ -36,6 +36,7 @@ import {
   type VersionRecord,
   type VersionState,
 } from "../domain/secret.js";
+import { auditFor, noteTarget } from "../audit/auditor.js";
 import type { Logger } from "../log/logger.js";
 import type { Clock } from "../scheduler/clock.js";
 import { NameTakenError, type ListState, type Storage, type WriteOp, type WriteOutcome } from "../storage/storage.js";
@@ -252,6 +253,11 @@ function itemError(err: unknown): NonNullable<BatchResult["error"]> {
 
 const NOT_APPLIED = { code: "aborted", reason: "BATCH_ABORTED", message: "not applied: another item of the atomic batch failed" } as const;
 
+/** The call's audit entry, for the write that makes `doc` (its store, name and newest version). */
+function auditOf(doc: SecretDocument) {
+  return auditFor({ store: doc.store, name: doc.name, version: latestVersion(doc).version });
+}
+
 export function createSecretManager(deps: SecretManagerDeps): SecretManager {
   const { storage, envelope, clock, logger, maxVersions } = deps;
   const retention = deps.deleteRetentionSeconds ?? 7 * 86_400;
@@ -308,7 +314,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
         checkRevision(doc, expectedRevision);
         const { next, result } = await change(doc);
         try {
-          if (await storage.replaceSecret(next, doc.revision)) return result;
+          if (await storage.replaceSecret(next, doc.revision, auditOf(next))) return result;
         } catch (err) {
           if (err instanceof NameTakenError) throw nameTaken({ store: err.store, name: err.secretName });
           throw err;
@@ -371,7 +377,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
   }
 
   async function purge(doc: SecretDocument): Promise<boolean> {
-    return storage.deleteSecret(doc.id, doc.revision);
+    return storage.deleteSecret(doc.id, doc.revision, auditOf(doc));
   }
 
   async function runDue(doc: SecretDocument): Promise<number | undefined> {
@@ -383,7 +389,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
     }
     if (!isRotationDue(doc, now)) return undefined;
     const next = appendVersion(doc, await sealNext(doc, Buffer.from(generateValue(), "utf8")), now, maxVersions);
-    if (!(await storage.replaceSecret(next, doc.revision))) return undefined;
+    if (!(await storage.replaceSecret(next, doc.revision, auditOf(next)))) return undefined;
     const version = latestVersion(next).version;
     logger.info({ event: "rotated", store: doc.store, secret: doc.name, version }, "secret rotated");
     return version;
@@ -392,14 +398,19 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
   return {
     async create(input) {
       const { doc, plaintext, binary } = await newDoc(input);
-      if (!(await storage.insertSecret(doc))) throw nameTaken(input);
+      if (!(await storage.insertSecret(doc, auditOf(doc)))) throw nameTaken(input);
       return opened(doc, latestVersion(doc), plaintext, binary);
     },
 
     async get(ref, version) {
       const doc = await load(ref);
       if (isExpired(doc, clock.now())) throw expiredError(doc);
-      if (!version) return openVersion(doc, requireCurrentVersion(doc));
+      if (!version) {
+        const current = requireCurrentVersion(doc);
+        noteTarget({ version: current.version });
+        return openVersion(doc, current);
+      }
+      noteTarget({ version });
       const v = findVersion(doc, version);
       if (!v) throw secretNotFound(ref.name, version);
       if (v.state !== "active" && v.state !== "deactivated") {
@@ -454,10 +465,9 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
         for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
           const doc = await load(ref);
           checkRevision(doc, opts.expectedRevision);
+          const deleted = softDelete(doc, clock.now(), retention);
           const done =
-            opts.purge || retention === 0
-              ? await purge(doc)
-              : await storage.replaceSecret(softDelete(doc, clock.now(), retention), doc.revision);
+            opts.purge || retention === 0 ? await purge(doc) : await storage.replaceSecret(deleted, doc.revision, auditOf(deleted));
           if (done) return;
           if (opts.expectedRevision) throw revisionConflict(ref.name);
           await sleep(Math.random() * Math.min(2 ** i, 50));
@@ -485,7 +495,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       }
       const next = restore(doc, clock.now());
       try {
-        if (!(await storage.replaceSecret(next, doc.revision))) {
+        if (!(await storage.replaceSecret(next, doc.revision, auditOf(next)))) {
           throw new LatchkeyError("aborted", `secret "${ref.name}" changed while being restored; retry`);
         }
       } catch (err) {
@@ -528,6 +538,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
         // Every valid version is compared, match or not, so timing does not tell which matched.
         if (timingSafeEqual(candidate, presented) && match === 0) match = v.version;
       }
+      noteTarget({ version: match });
       return { valid: match !== 0, version: match };
     },
 
@@ -562,7 +573,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
         rotationIntervalSeconds: src.rotation?.intervalSeconds,
         gracePeriodSeconds: src.gracePeriodSeconds,
       });
-      if (!(await storage.insertSecret(doc))) throw nameTaken(to);
+      if (!(await storage.insertSecret(doc, auditOf(doc)))) throw nameTaken(to);
       return opened(doc, latestVersion(doc), plaintext, binary);
     },
 
@@ -682,7 +693,7 @@ export function createSecretManager(deps: SecretManagerDeps): SecretManager {
       return results.map((r) => (r.ok ? { name: r.name, ok: false, error: NOT_APPLIED } : r));
     }
     const todo = ops.flatMap((op, i) => (op ? [{ op, i }] : []));
-    const outcomes = todo.length === 0 ? [] : await storage.applyWrites(todo.map((t) => t.op), atomic);
+    const outcomes = todo.length === 0 ? [] : await storage.applyWrites(todo.map((t) => t.op), atomic, auditFor());
     const merged = [...results];
     todo.forEach(({ i }, k) => {
       const outcome = outcomes[k] as WriteOutcome;

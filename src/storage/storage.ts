@@ -1,5 +1,7 @@
 import type { ChangeKind, SecretDocument } from "../domain/secret.js";
+import type { AuditEvent, AuditRecord } from "../domain/audit.js";
 import type { StoreRecord } from "../domain/store.js";
+import type { TokenRecord } from "../domain/token.js";
 import type { Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
 
@@ -57,6 +59,28 @@ export type WriteOp =
  * because another write of an atomic batch failed.
  */
 export type WriteOutcome = "ok" | "conflict" | "name_taken" | "not_applied";
+
+/**
+ * The audit entry of the call a write belongs to. An adapter given one appends it to the audit log in the same
+ * transaction as the write, and sets `written` once that commits; the caller appends it separately otherwise.
+ */
+export interface PendingAudit {
+  event: AuditEvent;
+  written: boolean;
+}
+
+export interface AuditQuery {
+  /** Entries at or after this time (ms). */
+  readonly from?: number | undefined;
+  /** Entries before this time (ms). */
+  readonly to?: number | undefined;
+  readonly tokenId?: string | undefined;
+  readonly store?: string | undefined;
+  readonly name?: string | undefined;
+  /** Newest first, strictly before this position (paging back through the log): [at, chain, seq]. */
+  readonly before?: { readonly at: number; readonly chain: string; readonly seq: number } | undefined;
+  readonly limit: number;
+}
 
 /** A write would give a live secret a (store, name) another live secret holds. */
 export class NameTakenError extends Error {
@@ -148,19 +172,19 @@ export interface Storage {
   /** Any secret, live or deleted, by id. */
   findSecretById(id: string): Promise<SecretDocument | undefined>;
   /** Inserts a new document. Returns false, writing nothing, if its (store, name) is taken by a live secret. */
-  insertSecret(doc: SecretDocument): Promise<boolean>;
+  insertSecret(doc: SecretDocument, audit?: PendingAudit): Promise<boolean>;
   /**
    * Replaces the document with `doc.id` if its stored revision is `expectedRevision`. Returns false otherwise.
    * Throws NameTakenError if the new (store, name) is held by another live secret.
    */
-  replaceSecret(doc: SecretDocument, expectedRevision: number): Promise<boolean>;
+  replaceSecret(doc: SecretDocument, expectedRevision: number, audit?: PendingAudit): Promise<boolean>;
   /**
    * Applies several writes. Atomic: all or none (a failing write leaves every outcome but its own "not_applied").
    * Not atomic: each write on its own, in order.
    */
-  applyWrites(ops: readonly WriteOp[], atomic: boolean): Promise<WriteOutcome[]>;
+  applyWrites(ops: readonly WriteOp[], atomic: boolean, audit?: PendingAudit): Promise<WriteOutcome[]>;
   /** Deletes the document with `id` if its stored revision is `expectedRevision`. Returns false otherwise. */
-  deleteSecret(id: string, expectedRevision: number): Promise<boolean>;
+  deleteSecret(id: string, expectedRevision: number, audit?: PendingAudit): Promise<boolean>;
   /** Documents of one store in (name, id) order, filtered and keyset-paged as the query says. */
   listSecrets(query: ListQuery): Promise<SecretDocument[]>;
   /**
@@ -188,11 +212,11 @@ export interface Storage {
 
   findStore(name: string): Promise<StoreRecord | undefined>;
   /** Returns false, writing nothing, if the name is taken. */
-  insertStore(store: StoreRecord): Promise<boolean>;
+  insertStore(store: StoreRecord, audit?: PendingAudit): Promise<boolean>;
   /** Compare-and-set on the store's revision. */
   replaceStore(store: StoreRecord, expectedRevision: number): Promise<boolean>;
   /** Compare-and-set on the store's revision. Removes the record only; see the purge methods for contents. */
-  deleteStore(name: string, expectedRevision: number): Promise<boolean>;
+  deleteStore(name: string, expectedRevision: number, audit?: PendingAudit): Promise<boolean>;
   /** Stores in name order. */
   listStores(query: StoreListQuery): Promise<StoreRecord[]>;
   /**
@@ -207,9 +231,9 @@ export interface Storage {
 
   findVar(store: string, name: string): Promise<VarRecord | undefined>;
   /** Writes (creates or replaces) every var given, all or nothing where the backend allows, else in order. */
-  putVars(vars: readonly VarRecord[]): Promise<void>;
+  putVars(vars: readonly VarRecord[], audit?: PendingAudit): Promise<void>;
   /** Returns false if there was no such var. */
-  deleteVar(store: string, name: string): Promise<boolean>;
+  deleteVar(store: string, name: string, audit?: PendingAudit): Promise<boolean>;
   listVars(query: VarListQuery): Promise<VarRecord[]>;
 
   /**
@@ -221,6 +245,23 @@ export interface Storage {
 
   /** Replaces a data key's wrapping if it is still wrapped by `expectedKekId` (master-key rotation). */
   rewrapDataKey(key: DataKeyRecord, expectedKekId: string): Promise<boolean>;
+
+  insertToken(token: TokenRecord): Promise<void>;
+  findTokenByHash(hash: string): Promise<TokenRecord | undefined>;
+  findTokenById(id: string): Promise<TokenRecord | undefined>;
+  /** Tokens in id order, after `after`. */
+  listTokens(query: { after?: string | undefined; limit: number }): Promise<TokenRecord[]>;
+  /** Marks a token revoked (once). Returns false if there is no such token or it was revoked already. */
+  revokeToken(id: string, at: number): Promise<boolean>;
+
+  /** Appends entries to the audit log, in order, linked into this process's chain. */
+  appendAudit(events: readonly AuditEvent[]): Promise<void>;
+  /** Audit entries, newest first, filtered and paged. */
+  listAudit(query: AuditQuery): Promise<AuditRecord[]>;
+  /** Names of the audit log's chains (one on SQLite; one per server process on MongoDB). */
+  auditChains(): Promise<string[]>;
+  /** One chain's entries in sequence order, after `afterSeq` (verification). */
+  scanAudit(chain: string, afterSeq: number, limit: number): Promise<AuditRecord[]>;
 
   /** Every data key of a store, oldest first. */
   listDataKeys(store: string): Promise<DataKeyRecord[]>;

@@ -10,7 +10,9 @@ import {
 } from "../../domain/secret.js";
 import type { StoreRecord } from "../../domain/store.js";
 import type { VarRecord } from "../../domain/vars.js";
-import type { DataKeyRecord, ListQuery, StoreListQuery, VarListQuery } from "../storage.js";
+import type { AuditRecord } from "../../domain/audit.js";
+import type { TokenRecord } from "../../domain/token.js";
+import type { AuditQuery, DataKeyRecord, ListQuery, StoreListQuery, VarListQuery } from "../storage.js";
 
 /**
  * The pure half of the MongoDB adapter: document shapes, filters, sorts, indexes and the validator. No I/O here,
@@ -25,6 +27,8 @@ export const DATA_KEYS = "data_keys";
 export const CURSORS = "cursors";
 export const STORES = "stores";
 export const VARS = "vars";
+export const TOKENS = "tokens";
+export const AUDIT = "audit";
 
 export interface MongoVersion {
   version: number;
@@ -409,4 +413,73 @@ export function varUsagePipeline(store?: string): Document[] {
     ...(store === undefined ? [] : [{ $match: { store } }]),
     { $group: { _id: null, vars: { $sum: 1 }, bytes: { $sum: { $strLenBytes: "$value" } } } },
   ];
+}
+
+export interface MongoToken extends Omit<TokenRecord, "id" | "expiresAt" | "createdAt" | "revokedAt"> {
+  _id: string;
+  expiresAt: Date | null;
+  createdAt: Date;
+  revokedAt: Date | null;
+}
+
+export function toMongoToken(t: TokenRecord): MongoToken {
+  const { id, expiresAt, createdAt, revokedAt, ...rest } = t;
+  return {
+    ...rest,
+    _id: id,
+    expiresAt: expiresAt === null ? null : new Date(expiresAt),
+    createdAt: new Date(createdAt),
+    revokedAt: revokedAt === null ? null : new Date(revokedAt),
+  };
+}
+
+export function fromMongoToken(m: MongoToken): TokenRecord {
+  const { _id, expiresAt, createdAt, revokedAt, ...rest } = m;
+  return {
+    ...rest,
+    id: _id,
+    expiresAt: expiresAt ? expiresAt.getTime() : null,
+    createdAt: createdAt.getTime(),
+    revokedAt: revokedAt ? revokedAt.getTime() : null,
+  };
+}
+
+export const TOKEN_INDEXES: IndexDescription[] = [{ key: { hash: 1 }, name: "hash_unique", unique: true }];
+
+export interface MongoAudit extends Omit<AuditRecord, "at"> {
+  _id: string;
+  at: Date;
+}
+
+export function toMongoAudit(r: AuditRecord): MongoAudit {
+  return { ...r, _id: `${r.chain}#${r.seq}`, at: new Date(r.at) };
+}
+
+export function fromMongoAudit(m: MongoAudit): AuditRecord {
+  const { _id, at, ...rest } = m;
+  return { ...rest, at: at.getTime() };
+}
+
+export const AUDIT_INDEXES: IndexDescription[] = [
+  { key: { chain: 1, seq: 1 }, name: "chain_seq_unique", unique: true },
+  { key: { at: -1, chain: -1, seq: -1 }, name: "at" },
+  { key: { tokenId: 1, at: -1 }, name: "token" },
+  { key: { store: 1, name: 1, at: -1 }, name: "secret" },
+];
+
+/** Audit entries newest first, filtered; `before` pages back by (at, chain, seq). */
+export function auditFilter(q: AuditQuery): Filter<MongoAudit> {
+  const and: Filter<MongoAudit>[] = [];
+  if (q.from !== undefined || q.to !== undefined) {
+    and.push({ at: { ...(q.from === undefined ? {} : { $gte: new Date(q.from) }), ...(q.to === undefined ? {} : { $lt: new Date(q.to) }) } });
+  }
+  if (q.tokenId !== undefined) and.push({ tokenId: q.tokenId });
+  if (q.store !== undefined) and.push({ store: q.store });
+  if (q.name !== undefined) and.push({ name: q.name });
+  if (q.before) {
+    const { at, chain, seq } = q.before;
+    const d = new Date(at);
+    and.push({ $or: [{ at: { $lt: d } }, { at: d, chain: { $lt: chain } }, { at: d, chain, seq: { $lt: seq } }] });
+  }
+  return and.length === 0 ? {} : and.length === 1 ? (and[0] as Filter<MongoAudit>) : { $and: and };
 }

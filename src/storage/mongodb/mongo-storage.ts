@@ -1,3 +1,4 @@
+import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   type ChangeStream,
@@ -12,7 +13,16 @@ import {
   Timestamp,
 } from "mongodb";
 import type { Logger } from "../../log/logger.js";
-import { type ChangeEvent, type ChangeFeedItem, NameTakenError, type Storage, type WriteOp, type WriteOutcome } from "../storage.js";
+import {
+  type ChangeEvent,
+  type ChangeFeedItem,
+  NameTakenError,
+  type PendingAudit,
+  type Storage,
+  type WriteOp,
+  type WriteOutcome,
+} from "../storage.js";
+import { type AuditEvent, type AuditRecord, chainRecord } from "../../domain/audit.js";
 import type { StoreRecord } from "../../domain/store.js";
 import type { Usage } from "../../domain/usage.js";
 import {
@@ -44,6 +54,17 @@ import {
   toMongoVar,
   VAR_INDEXES,
   VARS,
+  TOKENS,
+  AUDIT,
+  type MongoToken,
+  type MongoAudit,
+  toMongoToken,
+  fromMongoToken,
+  toMongoAudit,
+  fromMongoAudit,
+  auditFilter,
+  AUDIT_INDEXES,
+  TOKEN_INDEXES,
   varId,
   varListFilter,
   varUsagePipeline,
@@ -89,7 +110,68 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
   const cursors = db.collection<{ _id: string; token: string; at: Date }>(CURSORS);
   const stores = db.collection<MongoStore>(STORES);
   const vars = db.collection<MongoVar>(VARS);
+  const tokens = db.collection<MongoToken>(TOKENS);
+  const audit = db.collection<MongoAudit>(AUDIT);
   const { logger } = opts;
+
+  /**
+   * This process's audit chain. Replicas keep separate chains (no lock across them); within a process, appends are
+   * serialized so the chain has no forks.
+   */
+  const chain = `${hostname()}/${process.pid}/${Date.now().toString(36)}`;
+  let head: { seq: number; hash: string } | undefined;
+  let appending: Promise<unknown> = Promise.resolve();
+  function serially<T>(work: () => Promise<T>): Promise<T> {
+    const run = appending.then(work, work);
+    appending = run.catch(() => {});
+    return run;
+  }
+
+  async function appendAuditEvents(events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    await serially(async () => {
+      const records: AuditRecord[] = [];
+      let prev = head;
+      for (const e of events) records.push((prev = chainRecord(chain, prev, e)));
+      await audit.insertMany(records.map(toMongoAudit), { ordered: true });
+      head = prev;
+    });
+  }
+
+  /**
+   * Runs `work` in a transaction; with an audit entry, the entry is appended in the same transaction when `ok`
+   * says the write happened, so a change and its audit entry land together or not at all.
+   */
+  async function transaction<T>(pending: PendingAudit | undefined, work: (s: ClientSession) => Promise<T>, ok: (r: T) => boolean): Promise<T> {
+    const run = async () => {
+      const session = client.startSession();
+      try {
+        let result!: T;
+        let record: AuditRecord | undefined;
+        await session.withTransaction(async () => {
+          record = undefined;
+          result = await work(session);
+          if (pending && ok(result) && session.inTransaction()) {
+            record = chainRecord(chain, head, pending.event);
+            await audit.insertOne(toMongoAudit(record), { session });
+          }
+        });
+        if (record && pending) {
+          head = record;
+          pending.written = true;
+        }
+        return result;
+      } finally {
+        await session.endSession();
+      }
+    };
+    return pending ? serially(run) : run();
+  }
+
+  /** A single-document write: plain without an audit entry, in a transaction with one. */
+  function write(pending: PendingAudit | undefined, work: (s?: ClientSession) => Promise<boolean>): Promise<boolean> {
+    return pending ? transaction(pending, work, (r) => r) : work();
+  }
 
   return {
     backend: "mongodb",
@@ -104,54 +186,55 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       const m = await secrets.findOne({ _id: id });
       return m ? fromMongoSecret(m) : undefined;
     },
-    async applyWrites(ops, atomic) {
+    async applyWrites(ops, atomic, audit) {
       if (!atomic) {
         const outcomes: WriteOutcome[] = [];
         for (const op of ops) outcomes.push(await applyOne(secrets, op));
+        if (audit && outcomes.includes("ok")) await appendAuditEvents([audit.event]).then(() => (audit.written = true));
         return outcomes;
       }
       // All or nothing: a multi-document transaction (replica sets have them); a failed write aborts it.
-      const session = client.startSession();
-      try {
-        let outcomes: WriteOutcome[] = [];
-        await session.withTransaction(async () => {
-          outcomes = [];
+      return transaction(
+        audit,
+        async (session) => {
+          const outcomes: WriteOutcome[] = [];
           for (const op of ops) {
             const o = await applyOne(secrets, op, session);
             if (o !== "ok") {
-              outcomes = ops.map((_, i) => (i === outcomes.length ? o : "not_applied"));
               await session.abortTransaction();
-              return;
+              return ops.map((_, i): WriteOutcome => (i === outcomes.length ? o : "not_applied"));
             }
             outcomes.push(o);
           }
-        });
-        return outcomes;
-      } finally {
-        await session.endSession();
-      }
+          return outcomes;
+        },
+        (outcomes) => outcomes.every((o) => o === "ok"),
+      );
     },
-    async insertSecret(doc) {
-      try {
-        await secrets.insertOne(toMongoSecret(doc));
-        return true;
-      } catch (err) {
-        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
-        throw err;
-      }
+    insertSecret(doc, audit) {
+      return write(audit, async (session) => {
+        try {
+          await secrets.insertOne(toMongoSecret(doc), { session });
+          return true;
+        } catch (err) {
+          if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
+          throw err;
+        }
+      });
     },
-    async replaceSecret(doc, expectedRevision) {
-      try {
-        const r = await secrets.replaceOne(casFilter(doc.id, expectedRevision), toMongoSecret(doc));
-        return r.matchedCount === 1;
-      } catch (err) {
-        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) throw new NameTakenError(doc.store, doc.name);
-        throw err;
-      }
+    replaceSecret(doc, expectedRevision, audit) {
+      return write(audit, async (session) => {
+        try {
+          const r = await secrets.replaceOne(casFilter(doc.id, expectedRevision), toMongoSecret(doc), { session });
+          return r.matchedCount === 1;
+        } catch (err) {
+          if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) throw new NameTakenError(doc.store, doc.name);
+          throw err;
+        }
+      });
     },
-    async deleteSecret(id, expectedRevision) {
-      const r = await secrets.deleteOne(casFilter(id, expectedRevision));
-      return r.deletedCount === 1;
+    deleteSecret(id, expectedRevision, audit) {
+      return write(audit, async (session) => (await secrets.deleteOne(casFilter(id, expectedRevision), { session })).deletedCount === 1);
     },
     async listSecrets(query) {
       const { filter, sort, limit, reverse } = listQuery(query);
@@ -173,21 +256,23 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       const m = await stores.findOne({ _id: name });
       return m ? fromMongoStore(m) : undefined;
     },
-    async insertStore(store) {
-      try {
-        await stores.insertOne(toMongoStore(store));
-        return true;
-      } catch (err) {
-        if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
-        throw err;
-      }
+    insertStore(store, audit) {
+      return write(audit, async (session) => {
+        try {
+          await stores.insertOne(toMongoStore(store), { session });
+          return true;
+        } catch (err) {
+          if (err instanceof MongoServerError && err.code === DUPLICATE_KEY) return false;
+          throw err;
+        }
+      });
     },
     async replaceStore(store: StoreRecord, expectedRevision) {
       const r = await stores.replaceOne({ _id: store.name, revision: expectedRevision }, toMongoStore(store));
       return r.matchedCount === 1;
     },
-    async deleteStore(name, expectedRevision) {
-      return (await stores.deleteOne({ _id: name, revision: expectedRevision })).deletedCount === 1;
+    deleteStore(name, expectedRevision, audit) {
+      return write(audit, async (session) => (await stores.deleteOne({ _id: name, revision: expectedRevision }, { session })).deletedCount === 1);
     },
     async listStores(query) {
       return (await stores.find(storeListFilter(query)).sort({ _id: 1 }).limit(query.limit).toArray()).map(fromMongoStore);
@@ -207,15 +292,54 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       const m = await vars.findOne({ _id: varId(store, name) });
       return m ? fromMongoVar(m) : undefined;
     },
-    async putVars(records) {
+    async putVars(records, audit) {
       if (records.length === 0) return;
-      await vars.bulkWrite(
-        records.map((v) => ({ replaceOne: { filter: { _id: varId(v.store, v.name) }, replacement: toMongoVar(v), upsert: true } })),
-        { ordered: true },
+      // Several vars at once: all or nothing, in a transaction.
+      await transaction(
+        audit,
+        async (session) => {
+          await vars.bulkWrite(
+            records.map((v) => ({ replaceOne: { filter: { _id: varId(v.store, v.name) }, replacement: toMongoVar(v), upsert: true } })),
+            { ordered: true, session },
+          );
+          return true;
+        },
+        (ok) => ok,
       );
     },
-    async deleteVar(store, name) {
-      return (await vars.deleteOne({ _id: varId(store, name) })).deletedCount === 1;
+    deleteVar(store, name, audit) {
+      return write(audit, async (session) => (await vars.deleteOne({ _id: varId(store, name) }, { session })).deletedCount === 1);
+    },
+    async insertToken(token) {
+      await tokens.insertOne(toMongoToken(token));
+    },
+    async findTokenByHash(hash) {
+      const m = await tokens.findOne({ hash });
+      return m ? fromMongoToken(m) : undefined;
+    },
+    async findTokenById(id) {
+      const m = await tokens.findOne({ _id: id });
+      return m ? fromMongoToken(m) : undefined;
+    },
+    async listTokens(query) {
+      const filter = query.after ? { _id: { $gt: query.after } } : {};
+      return (await tokens.find(filter).sort({ _id: 1 }).limit(query.limit).toArray()).map(fromMongoToken);
+    },
+    async revokeToken(id, at) {
+      const r = await tokens.updateOne({ _id: id, revokedAt: null }, { $set: { revokedAt: new Date(at) } });
+      return r.matchedCount === 1;
+    },
+    async appendAudit(events) {
+      await appendAuditEvents(events);
+    },
+    async listAudit(query) {
+      return (await audit.find(auditFilter(query)).sort({ at: -1, chain: -1, seq: -1 }).limit(query.limit).toArray()).map(fromMongoAudit);
+    },
+    async auditChains() {
+      return (await audit.distinct("chain")).sort();
+    },
+    async scanAudit(chainName, afterSeq, limit) {
+      return (await audit.find({ chain: chainName, seq: { $gt: afterSeq } }).sort({ seq: 1 }).limit(limit).toArray()).map(fromMongoAudit);
     },
     async listVars(query) {
       return (await vars.find(varListFilter(query)).sort({ name: 1 }).limit(query.limit).toArray()).map(fromMongoVar);
@@ -284,13 +408,15 @@ async function setup(db: Db): Promise<void> {
     validationLevel: "strict",
     changeStreamPreAndPostImages: { enabled: true },
   });
-  for (const name of [DATA_KEYS, STORES, VARS, CURSORS]) {
+  for (const name of [DATA_KEYS, STORES, VARS, CURSORS, TOKENS, AUDIT]) {
     if (!existing.has(name)) await db.createCollection(name).catch(ignoreAlreadyExists);
   }
   await db.collection(SECRETS).createIndexes(SECRET_INDEXES);
   await db.collection(DATA_KEYS).createIndexes(DATA_KEY_INDEXES);
   await db.collection(STORES).createIndexes(STORE_INDEXES);
   await db.collection(VARS).createIndexes(VAR_INDEXES);
+  await db.collection(TOKENS).createIndexes(TOKEN_INDEXES);
+  await db.collection(AUDIT).createIndexes(AUDIT_INDEXES);
 }
 
 function ignoreAlreadyExists(err: unknown): void {

@@ -2,7 +2,9 @@ import { closeSync, type FSWatcher, mkdirSync, openSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
 import { dueAt, latestVersion, type SecretDocument, upgradeDocument } from "../../domain/secret.js";
+import { type AuditEvent, type AuditRecord, chainRecord } from "../../domain/audit.js";
 import type { StoreRecord } from "../../domain/store.js";
+import type { TokenRecord } from "../../domain/token.js";
 import type { Usage } from "../../domain/usage.js";
 import type { VarRecord } from "../../domain/vars.js";
 import {
@@ -10,8 +12,10 @@ import {
   type ChangeFeedItem,
   type ChangesOptions,
   type DataKeyRecord,
+  type AuditQuery,
   type ListQuery,
   NameTakenError,
+  type PendingAudit,
   type Storage,
   type StoreListQuery,
   type VarListQuery,
@@ -144,6 +148,17 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       "INSERT INTO cursors (consumer, token, at) VALUES (?, ?, ?) ON CONFLICT (consumer) DO UPDATE SET token = excluded.token, at = excluded.at",
     ),
     ping: db.prepare("SELECT 1"),
+    insertToken: db.prepare("INSERT INTO tokens (id, hash, doc) VALUES (?, ?, ?)"),
+    tokenByHash: db.prepare<[string], { doc: string }>("SELECT doc FROM tokens WHERE hash = ?"),
+    tokenById: db.prepare<[string], { doc: string }>("SELECT doc FROM tokens WHERE id = ?"),
+    updateToken: db.prepare("UPDATE tokens SET doc = ? WHERE id = ?"),
+    listTokens: db.prepare<[string, number], { doc: string }>("SELECT doc FROM tokens WHERE id > ? ORDER BY id LIMIT ?"),
+    auditLast: db.prepare<[], { seq: number; hash: string }>("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"),
+    insertAudit: db.prepare(
+      "INSERT INTO audit (seq, at, request_id, actor_kind, token_id, role, service, ip, op, store, name, version, code, prev_hash, hash) " +
+        "VALUES (@seq, @at, @requestId, @actorKind, @tokenId, @role, @service, @ip, @op, @store, @name, @version, @code, @prevHash, @hash)",
+    ),
+    scanAudit: db.prepare<[number, number], AuditRow>("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"),
   };
 
   const row = (doc: SecretDocument) => ({
@@ -250,8 +265,15 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     return true;
   });
 
+  /** Links an event into the chain after the last entry and stores it (inside the caller's transaction). */
+  function appendAuditRow(event: AuditEvent): void {
+    const rec = chainRecord(AUDIT_CHAIN, q.auditLast.get(), event);
+    q.insertAudit.run(rec);
+  }
+
   const feed = createFeedSignal(inMemory ? undefined : file, feedPollMs);
   const listStatements = new Map<string, Database.Statement<unknown[], { doc: string }>>();
+  const auditStatements = new Map<string, Database.Statement<unknown[], AuditRow>>();
 
   /**
    * Group commit: writes issued in the same turn of the event loop share one transaction, so one fsync
@@ -260,14 +282,21 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
    */
   interface PendingWrite {
     run: () => boolean;
+    audit: PendingAudit | undefined;
     resolve: (ok: boolean) => void;
     reject: (err: unknown) => void;
   }
   let pending: PendingWrite[] = [];
+  /** One write and, if it succeeded, its audit entry: in one savepoint, so both land or neither. */
+  const runOne = db.transaction((w: PendingWrite): boolean => {
+    const ok = w.run();
+    if (ok && w.audit) appendAuditRow(w.audit.event);
+    return ok;
+  });
   const commitBatch = db.transaction((batch: PendingWrite[]) =>
     batch.map((w): { ok: boolean } | { err: unknown } => {
       try {
-        return { ok: w.run() };
+        return { ok: runOne(w) };
       } catch (err) {
         return { err };
       }
@@ -289,15 +318,18 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = results[i] as { ok: boolean } | { err: unknown };
       if ("err" in r) w.reject(r.err);
       else {
-        if (r.ok) changed++;
+        if (r.ok) {
+          changed++;
+          if (w.audit) w.audit.written = true;
+        }
         w.resolve(r.ok);
       }
     });
     if (changed > 0) afterWrites(changed);
   }
-  function write(run: () => boolean): Promise<boolean> {
+  function write(run: () => boolean, audit?: PendingAudit): Promise<boolean> {
     return new Promise((resolve, reject) => {
-      if (pending.push({ run, resolve, reject }) === 1) setImmediate(flush);
+      if (pending.push({ run, audit, resolve, reject }) === 1) setImmediate(flush);
     });
   }
 
@@ -359,7 +391,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = q.findById.get(id);
       return r && parse(r);
     },
-    async applyWrites(ops, atomic) {
+    async applyWrites(ops, atomic, audit) {
       let outcomes: WriteOutcome[] = [];
       await write(() => {
         if (atomic) {
@@ -373,10 +405,10 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
           outcomes = ops.map(applyOne);
         }
         return outcomes.includes("ok");
-      });
+      }, audit);
       return outcomes;
     },
-    insertSecret(doc) {
+    insertSecret(doc, audit) {
       return write(() => {
         try {
           insertTx(doc);
@@ -385,13 +417,13 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
           if (isUniqueViolation(err)) return false;
           throw err;
         }
-      });
+      }, audit);
     },
-    replaceSecret(doc, expectedRevision) {
-      return write(() => replaceTx(doc, expectedRevision));
+    replaceSecret(doc, expectedRevision, audit) {
+      return write(() => replaceTx(doc, expectedRevision), audit);
     },
-    deleteSecret(id, expectedRevision) {
-      return write(() => deleteTx(id, expectedRevision));
+    deleteSecret(id, expectedRevision, audit) {
+      return write(() => deleteTx(id, expectedRevision), audit);
     },
     async listSecrets(query: ListQuery) {
       const { sql, params } = listSql(query);
@@ -414,7 +446,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = q.findStore.get(name);
       return r && (JSON.parse(r.doc) as StoreRecord);
     },
-    insertStore(store) {
+    insertStore(store, audit) {
       return write(() => {
         try {
           q.insertStore.run({ name: store.name, managedBy: store.managedBy, revision: store.revision, doc: JSON.stringify(store) });
@@ -423,7 +455,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
           if (isUniqueViolation(err)) return false;
           throw err;
         }
-      });
+      }, audit);
     },
     replaceStore(store, expectedRevision) {
       return write(
@@ -432,8 +464,8 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
             .changes === 1,
       );
     },
-    deleteStore(name, expectedRevision) {
-      return write(() => q.deleteStore.run(name, expectedRevision).changes === 1);
+    deleteStore(name, expectedRevision, audit) {
+      return write(() => q.deleteStore.run(name, expectedRevision).changes === 1, audit);
     },
     async listStores(query: StoreListQuery) {
       const after = query.after ?? "";
@@ -457,7 +489,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       let n = 0;
       await write(() => {
         n = q.deleteStoreVars.run(store).changes;
-        return false;
+        return true;
       });
       return n;
     },
@@ -465,7 +497,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       let n = 0;
       await write(() => {
         n = q.deleteDataKeys.run(store).changes;
-        return false;
+        return true;
       });
       return n;
     },
@@ -473,14 +505,63 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       const r = q.findVar.get(store, name);
       return r && fromVarRow(r);
     },
-    async putVars(vars) {
+    async putVars(vars, audit) {
       await write(() => {
         putVarsTx(vars);
-        return false;
+        return true;
+      }, audit);
+    },
+    deleteVar(store, name, audit) {
+      return write(() => q.deleteVar.run(store, name).changes === 1, audit);
+    },
+    async insertToken(token) {
+      await write(() => {
+        q.insertToken.run(token.id, token.hash, JSON.stringify(token));
+        return true;
       });
     },
-    deleteVar(store, name) {
-      return write(() => q.deleteVar.run(store, name).changes === 1).then((ok) => ok);
+    async findTokenByHash(hash) {
+      const r = q.tokenByHash.get(hash);
+      return r && (JSON.parse(r.doc) as TokenRecord);
+    },
+    async findTokenById(id) {
+      const r = q.tokenById.get(id);
+      return r && (JSON.parse(r.doc) as TokenRecord);
+    },
+    async listTokens(query) {
+      return q.listTokens.all(query.after ?? "", query.limit).map((r) => JSON.parse(r.doc) as TokenRecord);
+    },
+    revokeToken(id, at) {
+      return write(() => {
+        const r = q.tokenById.get(id);
+        const token = r && (JSON.parse(r.doc) as TokenRecord);
+        if (!token || token.revokedAt !== null) return false;
+        q.updateToken.run(JSON.stringify({ ...token, revokedAt: at }), id);
+        return true;
+      });
+    },
+    async appendAudit(events) {
+      if (events.length === 0) return;
+      await write(() => {
+        for (const e of events) appendAuditRow(e);
+        return true;
+      });
+    },
+    async listAudit(query: AuditQuery) {
+      const { sql, params } = auditSql(query);
+      let stmt = auditStatements.get(sql);
+      if (!stmt) {
+        stmt = db.prepare<unknown[], AuditRow>(sql);
+        auditStatements.set(sql, stmt);
+      }
+      return stmt.all(...params).map(fromAuditRow);
+    },
+    async auditChains() {
+      return q.auditLast.get() ? [AUDIT_CHAIN] : [];
+    },
+    async scanAudit(chain, afterSeq, limit) {
+      if (chain !== AUDIT_CHAIN) return [];
+      return q.scanAudit.all(afterSeq, limit).map(fromAuditRow);
     },
     async listVars(query: VarListQuery) {
       return q.listVars
@@ -546,6 +627,81 @@ interface ChangeRow {
   next_rotation_at: number | null;
   due_at: number | null;
   at: number;
+}
+
+/** The one audit chain of an embedded store: its writers are serialized by SQLite, whatever process they are in. */
+const AUDIT_CHAIN = "main";
+
+interface AuditRow {
+  seq: number;
+  at: number;
+  request_id: string;
+  actor_kind: AuditEvent["actorKind"];
+  token_id: string;
+  role: string;
+  service: string;
+  ip: string;
+  op: string;
+  store: string;
+  name: string;
+  version: number;
+  code: string;
+  prev_hash: string;
+  hash: string;
+}
+
+function fromAuditRow(r: AuditRow): AuditRecord {
+  return {
+    chain: AUDIT_CHAIN,
+    seq: r.seq,
+    at: r.at,
+    requestId: r.request_id,
+    actorKind: r.actor_kind,
+    tokenId: r.token_id,
+    role: r.role,
+    service: r.service,
+    ip: r.ip,
+    op: r.op,
+    store: r.store,
+    name: r.name,
+    version: r.version,
+    code: r.code,
+    prevHash: r.prev_hash,
+    hash: r.hash,
+  };
+}
+
+/** The SQL of an audit query: newest first, filtered, paged by (at, seq). */
+function auditSql(qr: AuditQuery): { sql: string; params: unknown[] } {
+  const where: string[] = [];
+  const params: unknown[] = [];
+  if (qr.from !== undefined) {
+    where.push("at >= ?");
+    params.push(qr.from);
+  }
+  if (qr.to !== undefined) {
+    where.push("at < ?");
+    params.push(qr.to);
+  }
+  if (qr.tokenId !== undefined) {
+    where.push("token_id = ?");
+    params.push(qr.tokenId);
+  }
+  if (qr.store !== undefined) {
+    where.push("store = ?");
+    params.push(qr.store);
+  }
+  if (qr.name !== undefined) {
+    where.push("name = ?");
+    params.push(qr.name);
+  }
+  if (qr.before) {
+    where.push("(at, seq) < (?, ?)");
+    params.push(qr.before.at, qr.before.seq);
+  }
+  params.push(qr.limit);
+  const clause = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
+  return { sql: `SELECT * FROM audit ${clause} ORDER BY at DESC, seq DESC LIMIT ?`, params };
 }
 
 interface VarRow {
@@ -753,6 +909,31 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX secrets_due ON secrets (due_at) WHERE due_at IS NOT NULL;
    ALTER TABLE changes ADD COLUMN change TEXT NOT NULL DEFAULT 'updated';
    ALTER TABLE changes ADD COLUMN due_at INTEGER;`,
+  `CREATE TABLE tokens (
+     id TEXT PRIMARY KEY,
+     hash TEXT NOT NULL UNIQUE,
+     doc TEXT NOT NULL
+   );
+   CREATE TABLE audit (
+     seq INTEGER PRIMARY KEY,
+     at INTEGER NOT NULL,
+     request_id TEXT NOT NULL,
+     actor_kind TEXT NOT NULL,
+     token_id TEXT NOT NULL,
+     role TEXT NOT NULL,
+     service TEXT NOT NULL,
+     ip TEXT NOT NULL,
+     op TEXT NOT NULL,
+     store TEXT NOT NULL,
+     name TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     code TEXT NOT NULL,
+     prev_hash TEXT NOT NULL,
+     hash TEXT NOT NULL
+   );
+   CREATE INDEX audit_at ON audit (at, seq);
+   CREATE INDEX audit_token ON audit (token_id, at, seq);
+   CREATE INDEX audit_secret ON audit (store, name, at, seq);`,
 ];
 
 /** Applies the migrations the file has not seen, each in its own transaction, tracked by user_version. */

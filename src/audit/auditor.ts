@@ -1,0 +1,142 @@
+import { AsyncLocalStorage } from "node:async_hooks";
+import type { AuditEvent } from "../domain/audit.js";
+import type { Principal } from "../domain/principal.js";
+import type { Logger } from "../log/logger.js";
+import type { PendingAudit, Storage } from "../storage/storage.js";
+
+/** An audit entry being filled in while its call runs. */
+type Draft = { -readonly [K in keyof AuditEvent]: AuditEvent[K] };
+
+/** A PendingAudit whose event is still being filled in. */
+interface DraftAudit {
+  event: Draft;
+  written: boolean;
+}
+
+interface Scope {
+  readonly pending: DraftAudit;
+}
+
+const als = new AsyncLocalStorage<Scope>();
+
+/**
+ * The audit entry of the call in progress, with what it touches filled in: pass it to the storage write that
+ * makes the call's change, so the entry is appended in the same transaction. Undefined outside an audited call.
+ */
+export function auditFor(target: { store?: string; name?: string; version?: number } = {}): PendingAudit | undefined {
+  const scope = als.getStore();
+  if (!scope) return undefined;
+  noteTarget(target);
+  scope.pending.event.code = "ok";
+  scope.pending.event.at = Date.now();
+  return scope.pending;
+}
+
+/** Records what the call in progress touches (for calls that change nothing, like reads). */
+export function noteTarget(target: { store?: string; name?: string; version?: number }): void {
+  const e = als.getStore()?.pending.event;
+  if (!e) return;
+  if (target.store !== undefined) e.store = target.store;
+  if (target.name !== undefined) e.name = target.name;
+  if (target.version !== undefined) e.version = target.version;
+}
+
+export interface CallFacts {
+  readonly requestId: string;
+  readonly principal: Principal;
+  readonly ip: string | undefined;
+  readonly op: string;
+}
+
+/**
+ * Auditor records every call: who (token id, role, service), from where, which operation, on which secret, which
+ * version, and how it ended. A call that changes something has its entry appended in the same transaction as the
+ * change (see auditFor); other calls' entries are appended when they end. Entries can be mirrored as JSON lines
+ * to stdout for a SIEM.
+ */
+export interface Auditor {
+  /** Runs `work` as an audited call; `outcome` maps its result or error to the code the caller gets. */
+  run<T>(facts: CallFacts, work: () => Promise<T>, outcome: (err: unknown) => string): Promise<T>;
+  /** Runs work of the service itself (the scheduler), audited as the "system" actor. */
+  system<T>(op: string, work: () => Promise<T>): Promise<T>;
+  /** Appends the entries of calls that ended (what `run` does); exposed for streams that end later. */
+  flush(): Promise<void>;
+}
+
+export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; logger: Logger; mirror: boolean }): Auditor {
+  const { storage, logger, mirror } = deps;
+  let queue: AuditEvent[] = [];
+  let flushing: Promise<void> | undefined;
+
+  /** Appends what ended since the last append, in one write. */
+  function flush(): Promise<void> {
+    if (flushing) return flushing.then(flush);
+    if (queue.length === 0) return Promise.resolve();
+    const batch = queue;
+    queue = [];
+    flushing = storage
+      .appendAudit(batch)
+      .catch((err: unknown) => logger.error({ err, entries: batch.length }, "could not append to the audit log"))
+      .finally(() => {
+        flushing = undefined;
+      });
+    return flushing;
+  }
+
+  function end(pending: DraftAudit, code: string): void {
+    const e = pending.event;
+    if (!pending.written) {
+      e.code = code;
+      e.at = Date.now();
+      queue.push({ ...e });
+      void flush();
+    }
+    if (mirror) logger.info({ audit: { ...e } }, "audit");
+  }
+
+  function draft(facts: CallFacts): DraftAudit {
+    const p = facts.principal;
+    return {
+      written: false,
+      event: {
+        at: Date.now(),
+        requestId: facts.requestId,
+        actorKind: p.kind,
+        tokenId: p.kind === "token" ? p.tokenId : "",
+        role: p.kind === "token" ? p.role : "",
+        service: p.kind === "token" ? (p.service ?? "") : "",
+        ip: facts.ip ?? "",
+        op: facts.op,
+        store: "",
+        name: "",
+        version: 0,
+        code: "pending",
+      },
+    };
+  }
+
+  return {
+    async run(facts, work, outcome) {
+      const pending = draft(facts);
+      try {
+        const result = await als.run({ pending }, work);
+        end(pending, "ok");
+        return result;
+      } catch (err) {
+        end(pending, outcome(err));
+        throw err;
+      }
+    },
+    async system(op, work) {
+      const pending = draft({ requestId: "", principal: { kind: "anonymous" }, ip: undefined, op });
+      pending.event.actorKind = "system";
+      return als.run({ pending }, async () => {
+        const result = await work();
+        // Only what the service actually did is recorded: a rotation another replica won leaves no entry.
+        if (pending.written && mirror) logger.info({ audit: { ...pending.event } }, "audit");
+        return result;
+      });
+    },
+    flush,
+  };
+}
