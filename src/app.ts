@@ -8,7 +8,12 @@ import { StoreService } from "../gen/latchkey/v1/store_service_pb.js";
 import { VarService } from "../gen/latchkey/v1/var_service_pb.js";
 import { TokenService } from "../gen/latchkey/v1/token_service_pb.js";
 import { AuditService } from "../gen/latchkey/v1/audit_service_pb.js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import * as ReflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
+import * as ReflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditor } from "./audit/auditor.js";
+import { createHealthImpl } from "./rpc/health.js";
+import { createReflection } from "./rpc/reflection.js";
 import { createAuditServiceImpl, createTokenServiceImpl } from "./rpc/token-service.js";
 import { createTokenManager } from "./service/tokens.js";
 import { createVerifyLimiter } from "./service/verify-limiter.js";
@@ -121,6 +126,14 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   const tokens = createTokenManager({ storage, clock, onRevoke: (hash) => access.forgetToken(hash) });
   let draining = false;
   const drain = new AbortController();
+  /** Ready: not draining, and the store answers. /readyz and the gRPC health service both report this. */
+  const ready = async () => {
+    if (draining) return false;
+    await storage.ping();
+    return true;
+  };
+  const served = [SecretService, StoreService, VarService, TokenService, AuditService];
+  const reflection = createReflection([...served, Health, ReflectionV1.ServerReflection]);
   const rest = createRestApi({
     latchkey,
     access,
@@ -128,11 +141,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     tokens,
     auditLog: storage,
     logger,
-    ready: async () => {
-      if (draining) return false;
-      await storage.ping();
-      return true;
-    },
+    ready,
   });
 
   const infos = new WeakMap<object, RequestInfo>();
@@ -143,6 +152,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       router.service(VarService, createVarServiceImpl({ latchkey }));
       router.service(TokenService, createTokenServiceImpl({ tokens }));
       router.service(AuditService, createAuditServiceImpl({ storage }));
+      router.service(Health, createHealthImpl({ ready, services: served.map((s) => s.typeName), drain: drain.signal }));
+      router.service(ReflectionV1.ServerReflection, reflection.v1);
+      router.service(ReflectionV1alpha.ServerReflection, reflection.v1alpha);
     },
     interceptors: [createRpcInterceptor({ access, auditor, logger })],
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
@@ -234,7 +246,8 @@ const HTTP_CODES: Record<number, string> = {
 };
 
 function logRequest(logger: Logger, info: RequestInfo, method: string | undefined, status: number): void {
-  const probe = info.operation === "GET /healthz" || info.operation === "GET /readyz";
+  const probe =
+    info.operation === "GET /healthz" || info.operation === "GET /readyz" || info.operation?.startsWith("grpc.health.v1.") === true;
   const entry = {
     request_id: info.id,
     op: info.operation ?? `${method ?? "?"} (unrouted)`,

@@ -100,6 +100,12 @@ export const RPC_POLICY: Readonly<Record<string, Action>> = {
   [`${T}.ListTokens`]: "tokens.manage",
   [`${T}.RevokeToken`]: "tokens.manage",
   [`${A}.ListAuditEvents`]: "audit.read",
+  // Health and reflection are for probes and generic tools: they reveal readiness and the API's shape, no data.
+  "grpc.health.v1.Health.Check": "public",
+  "grpc.health.v1.Health.Watch": "public",
+  "grpc.health.v1.Health.List": "public",
+  "grpc.reflection.v1.ServerReflection.ServerReflectionInfo": "public",
+  "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo": "public",
 };
 
 /** What every REST route needs, by its operation name (method and path template). */

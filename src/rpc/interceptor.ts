@@ -34,8 +34,8 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
     if (info) info.operation = op;
     let principal: Principal = ANONYMOUS;
     let denied: unknown;
+    const action = permissionFor(req.method);
     try {
-      const action = permissionFor(req.method);
       if (action === undefined) throw new ConnectError(`no access policy for ${req.method.name}`, Code.PermissionDenied);
       principal = await access.authenticate(req.header.get("authorization") ?? undefined);
       access.authorize(action, principal, info?.ip);
@@ -45,14 +45,12 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
     req.contextValues.set(kPrincipal, principal);
     if (info) info.principal = principal;
     try {
-      const res = await auditor.run(
-        { requestId, principal, ip: info?.ip, op },
-        async () => {
-          if (denied !== undefined) throw denied;
-          return next(req);
-        },
-        outcomeCode,
-      );
+      const call = async () => {
+        if (denied !== undefined) throw denied;
+        return next(req);
+      };
+      // Health checks and reflection are not audited (probes would drown the log).
+      const res = action === "public" ? await call() : await auditor.run({ requestId, principal, ip: info?.ip, op }, call, outcomeCode);
       res.trailer.set("x-request-id", requestId);
       if (!res.stream) {
         if (info) info.code = "ok";

@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type AccessOptions, type Caller, createAccessControl, tokenId } from "../../src/auth/access.js";
+import { type AccessOptions, createAccessControl, tokenId } from "../../src/auth/access.js";
+import type { Action } from "../../src/auth/policy.js";
 import { ConfigError, loadConfig } from "../../src/config/config.js";
 import { type ErrorCode, LatchkeyError } from "../../src/domain/errors.js";
-import { ANONYMOUS, type Principal } from "../../src/domain/principal.js";
+import { ANONYMOUS, type Principal, type TokenPrincipal } from "../../src/domain/principal.js";
 
 /** Who a caller is: admin, service or anonymous principals from tokens, and the configuration that lists them. */
 
@@ -28,16 +29,32 @@ const OPTIONS: AccessOptions = {
 const access = (over: Partial<AccessOptions> = {}) => createAccessControl({ ...OPTIONS, ...over });
 const LOCAL = "127.0.0.1";
 const FAR = "203.0.113.9";
-const caller = (authorization: string | undefined, ip: string | undefined = LOCAL): Caller => ({ authorization, ip });
 const bearer = (token: string) => `Bearer ${token}`;
+type Access = ReturnType<typeof access>;
 
-function assertRefused(fn: () => unknown, code: ErrorCode): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof LatchkeyError, `a LatchkeyError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    for (const t of [ADMIN_TOKEN, BILLING_TOKEN, SEARCH_TOKEN]) assert.ok(!err.message.includes(t), "no token in the message");
-    return true;
-  });
+/** Authenticates the header, then authorizes `action` from `ip`: the principal the call runs as. */
+async function principalFor(ac: Access, action: Action, authorization: string | undefined, ip: string | undefined = LOCAL): Promise<Principal> {
+  const p = await ac.authenticate(authorization);
+  ac.authorize(action, p, ip);
+  return p;
+}
+
+/** The principal of a token, asserting it is one. */
+async function tokenPrincipal(ac: Access, authorization: string): Promise<TokenPrincipal> {
+  const p = await ac.authenticate(authorization);
+  assert.equal(p.kind, "token");
+  return p as TokenPrincipal;
+}
+
+function isRefusal(err: unknown, code: ErrorCode): true {
+  assert.ok(err instanceof LatchkeyError, `a LatchkeyError, got ${String(err)}`);
+  assert.equal(err.code, code, err.message);
+  for (const t of [ADMIN_TOKEN, BILLING_TOKEN, SEARCH_TOKEN]) assert.ok(!err.message.includes(t), "no token in the message");
+  return true;
+}
+
+async function assertRefused(fn: () => Promise<unknown>, code: ErrorCode): Promise<void> {
+  await assert.rejects(fn(), (err: unknown) => isRefusal(err, code));
 }
 
 function problemsOf(env: Record<string, string>): readonly string[] {
@@ -57,48 +74,65 @@ function assertOneProblem(env: Record<string, string>, variable: string, message
   if (message) assert.match(problems[0] as string, message);
 }
 
-describe("authorize: principals", () => {
+describe("authenticate and authorize: principals", () => {
   const ac = access();
 
-  it("an admin token is the admin principal with its token id", () => {
-    for (const permission of ["manage", "read"] as const) {
-      assert.deepEqual(ac.authorize(permission, caller(bearer(ADMIN_TOKEN))), {
-        kind: "admin",
+  it("an admin token is the admin principal with its token id", async () => {
+    for (const action of ["tokens.manage", "secrets.write", "secrets.read"] as const) {
+      assert.deepEqual(await principalFor(ac, action, bearer(ADMIN_TOKEN)), {
+        kind: "token",
         tokenId: tokenId("admin", ADMIN_TOKEN),
+        role: "admin",
+        service: null,
+        stores: null,
+        prefixes: null,
       });
     }
   });
 
-  it("a service token is that service's principal with its token id", () => {
-    for (const permission of ["manage", "read"] as const) {
-      assert.deepEqual(ac.authorize(permission, caller(bearer(BILLING_TOKEN))), {
-        kind: "service",
-        service: "billing",
+  it("a service token is a writer principal bound to that service, with its token id", async () => {
+    for (const action of ["secrets.write", "stores.write", "secrets.read"] as const) {
+      assert.deepEqual(await principalFor(ac, action, bearer(BILLING_TOKEN)), {
+        kind: "token",
         tokenId: tokenId("service:billing", BILLING_TOKEN),
+        role: "writer",
+        service: "billing",
+        stores: null,
+        prefixes: null,
       });
-      assert.deepEqual(ac.authorize(permission, caller(bearer(SEARCH_TOKEN))), {
-        kind: "service",
-        service: "search",
+      assert.deepEqual(await principalFor(ac, action, bearer(SEARCH_TOKEN)), {
+        kind: "token",
         tokenId: tokenId("service:search", SEARCH_TOKEN),
+        role: "writer",
+        service: "search",
+        stores: null,
+        prefixes: null,
       });
     }
   });
 
-  it("a service may have several tokens (rotation): each is the same service, with its own token id", () => {
-    const one = ac.authorize("manage", caller(bearer(BILLING_TOKEN))) as Extract<Principal, { kind: "service" }>;
-    const two = ac.authorize("manage", caller(bearer(BILLING_TOKEN_2))) as Extract<Principal, { kind: "service" }>;
+  it("a service token may not manage tokens or read the audit log", async () => {
+    const p = await ac.authenticate(bearer(BILLING_TOKEN));
+    for (const action of ["tokens.manage", "audit.read"] as const) {
+      assert.throws(() => ac.authorize(action, p, LOCAL), (err: unknown) => isRefusal(err, "permission_denied"));
+    }
+  });
+
+  it("a service may have several tokens (rotation): each is the same service, with its own token id", async () => {
+    const one = await tokenPrincipal(ac, bearer(BILLING_TOKEN));
+    const two = await tokenPrincipal(ac, bearer(BILLING_TOKEN_2));
     assert.equal(one.service, "billing");
     assert.equal(two.service, "billing");
     assert.notEqual(one.tokenId, two.tokenId);
   });
 
-  it("a read without a token, from an allowed IP, is anonymous", () => {
-    assert.deepEqual(ac.authorize("read", caller(undefined)), { kind: "anonymous" });
-    assert.equal(ac.authorize("read", caller(undefined)), ANONYMOUS);
-    assert.equal(ac.authorize("read", caller("")), ANONYMOUS, "an empty header counts as none");
+  it("a read without a token, from an allowed IP, is anonymous", async () => {
+    assert.deepEqual(await principalFor(ac, "secrets.read", undefined), { kind: "anonymous" });
+    assert.equal(await principalFor(ac, "secrets.read", undefined), ANONYMOUS);
+    assert.equal(await principalFor(ac, "secrets.read", ""), ANONYMOUS, "an empty header counts as none");
   });
 
-  it("a read with a token that is not valid is unauthenticated, not anonymous", () => {
+  it("a read with a token that is not valid is unauthenticated, not anonymous", async () => {
     for (const header of [
       bearer("not-a-known-token-000000"),
       bearer(ADMIN_TOKEN.slice(0, -1)),
@@ -109,47 +143,49 @@ describe("authorize: principals", () => {
       "Bearer ",
       `Bearer ${ADMIN_TOKEN} extra`,
     ]) {
-      assertRefused(() => ac.authorize("read", caller(header)), "unauthenticated");
+      await assertRefused(() => principalFor(ac, "secrets.read", header), "unauthenticated");
     }
   });
 
-  it("a read from an IP outside the allowlist is refused whatever the token", () => {
-    assertRefused(() => ac.authorize("read", caller(bearer(ADMIN_TOKEN), FAR)), "permission_denied");
-    assertRefused(() => ac.authorize("read", caller(undefined, FAR)), "permission_denied");
-    assertRefused(() => ac.authorize("read", { authorization: bearer(BILLING_TOKEN), ip: undefined }), "permission_denied");
+  it("a read from an IP outside the allowlist is refused whatever the token", async () => {
+    await assertRefused(() => principalFor(ac, "secrets.read", bearer(ADMIN_TOKEN), FAR), "permission_denied");
+    await assertRefused(() => principalFor(ac, "secrets.read", undefined, FAR), "permission_denied");
+    await assertRefused(async () => ac.authorize("secrets.read", await ac.authenticate(bearer(BILLING_TOKEN)), undefined), "permission_denied");
   });
 
-  it("manage needs a valid token, admin or service, from any IP", () => {
-    assertRefused(() => ac.authorize("manage", caller(undefined)), "unauthenticated");
-    assertRefused(() => ac.authorize("manage", caller("")), "unauthenticated");
-    assertRefused(() => ac.authorize("manage", caller(bearer("unknown-token-0000000000"))), "unauthenticated");
-    assert.equal(ac.authorize("manage", caller(bearer(ADMIN_TOKEN), FAR)).kind, "admin");
-    assert.equal(ac.authorize("manage", caller(bearer(SEARCH_TOKEN), FAR)).kind, "service");
+  it("writes need a valid token, admin or service, from any IP", async () => {
+    await assertRefused(() => principalFor(ac, "secrets.write", undefined), "unauthenticated");
+    await assertRefused(() => principalFor(ac, "secrets.write", ""), "unauthenticated");
+    await assertRefused(() => principalFor(ac, "secrets.write", bearer("unknown-token-0000000000")), "unauthenticated");
+    const admin = await principalFor(ac, "secrets.write", bearer(ADMIN_TOKEN), FAR);
+    assert.ok(admin.kind === "token" && admin.role === "admin");
+    const service = await principalFor(ac, "secrets.write", bearer(SEARCH_TOKEN), FAR);
+    assert.ok(service.kind === "token" && service.service === "search");
   });
 
-  it("accepts the bearer scheme in any case with surrounding blanks", () => {
-    assert.equal(ac.authorize("manage", caller(`bearer ${BILLING_TOKEN}`)).kind, "service");
-    assert.equal(ac.authorize("manage", caller(`BEARER \t${ADMIN_TOKEN} `)).kind, "admin");
+  it("accepts the bearer scheme in any case with surrounding blanks", async () => {
+    assert.equal((await tokenPrincipal(ac, `bearer ${BILLING_TOKEN}`)).service, "billing");
+    assert.equal((await tokenPrincipal(ac, `BEARER \t${ADMIN_TOKEN} `)).role, "admin");
   });
 
-  it("public calls are anonymous without looking at the token", () => {
-    assert.equal(ac.authorize("public", { authorization: undefined, ip: undefined }), ANONYMOUS);
-    assert.equal(ac.authorize("public", caller(bearer("garbage"), FAR)), ANONYMOUS);
+  it("public calls need neither a token nor an allowed IP", async () => {
+    ac.authorize("public", ANONYMOUS, undefined);
+    ac.authorize("public", ANONYMOUS, FAR);
+    ac.authorize("public", await ac.authenticate(bearer(SEARCH_TOKEN)), FAR);
   });
 
-  it("works with no service tokens configured", () => {
+  it("works with no service tokens configured", async () => {
     const adminOnly = access({ serviceTokens: undefined });
-    assert.equal(adminOnly.authorize("manage", caller(bearer(ADMIN_TOKEN))).kind, "admin");
-    assertRefused(() => adminOnly.authorize("manage", caller(bearer(BILLING_TOKEN))), "unauthenticated");
+    assert.equal((await tokenPrincipal(adminOnly, bearer(ADMIN_TOKEN))).role, "admin");
+    await assertRefused(() => adminOnly.authenticate(bearer(BILLING_TOKEN)), "unauthenticated");
   });
 });
 
 describe("token ids", () => {
-  it("never contain the token, and say what kind of token it is", () => {
+  it("never contain the token, and say what kind of token it is", async () => {
     const ac = access();
-    const admin = ac.authorize("manage", caller(bearer(ADMIN_TOKEN)));
-    const service = ac.authorize("manage", caller(bearer(BILLING_TOKEN)));
-    assert.ok(admin.kind === "admin" && service.kind === "service");
+    const admin = await tokenPrincipal(ac, bearer(ADMIN_TOKEN));
+    const service = await tokenPrincipal(ac, bearer(BILLING_TOKEN));
     assert.match(admin.tokenId, /^admin:[0-9a-f]{12}$/);
     assert.match(service.tokenId, /^service:billing:[0-9a-f]{12}$/);
     for (const [id, token] of [
@@ -162,10 +198,10 @@ describe("token ids", () => {
     }
   });
 
-  it("are stable across access controls and restarts, and differ between tokens", () => {
-    const first = access().authorize("manage", caller(bearer(SEARCH_TOKEN)));
-    const second = access({ adminTokens: ["another-admin-token-0000"] }).authorize("manage", caller(bearer(SEARCH_TOKEN)));
-    assert.ok(first.kind === "service" && second.kind === "service");
+  it("are stable across access controls and restarts, and differ between tokens", async () => {
+    const first = await tokenPrincipal(access(), bearer(SEARCH_TOKEN));
+    const second = await tokenPrincipal(access({ adminTokens: ["another-admin-token-0000"] }), bearer(SEARCH_TOKEN));
+    assert.equal(first.service, "search");
     assert.equal(first.tokenId, second.tokenId);
     assert.equal(tokenId("admin", ADMIN_TOKEN), tokenId("admin", ADMIN_TOKEN));
     assert.notEqual(tokenId("admin", ADMIN_TOKEN), tokenId("admin", `${ADMIN_TOKEN}x`));

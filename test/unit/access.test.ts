@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type AccessOptions, type Caller, createAccessControl, normalizeIp } from "../../src/auth/access.js";
+import { type AccessOptions, createAccessControl, normalizeIp } from "../../src/auth/access.js";
+import type { Action } from "../../src/auth/policy.js";
 import { type ErrorCode, LatchkeyError } from "../../src/domain/errors.js";
+import { ANONYMOUS } from "../../src/domain/principal.js";
 
 /** Who may call what: the client IP behind proxies, the read allowlist and the admin bearer tokens. */
 
@@ -12,15 +14,23 @@ function access(over: Partial<AccessOptions> = {}) {
   return createAccessControl({ adminTokens: [TOKEN_A], allowedIps: ["127.0.0.0/8", "::1"], trustedProxies: [], ...over });
 }
 
-const caller = (over: Partial<Caller> = {}): Caller => ({ authorization: undefined, ip: undefined, ...over });
+type Access = ReturnType<typeof access>;
 
-function assertRefused(fn: () => void, code: ErrorCode, message?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof LatchkeyError, `a LatchkeyError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    if (message) assert.match(err.message, message);
-    return true;
-  });
+/** A whole access decision, as the transports make it: authenticate the header, then authorize the action. */
+async function check(ac: Access, action: Action, caller: { authorization?: string; ip?: string } = {}): Promise<void> {
+  ac.authorize(action, await ac.authenticate(caller.authorization), caller.ip);
+}
+
+function isRefusal(err: unknown, code: ErrorCode, message?: RegExp, reason?: string): true {
+  assert.ok(err instanceof LatchkeyError, `a LatchkeyError, got ${String(err)}`);
+  assert.equal(err.code, code, err.message);
+  if (message) assert.match(err.message, message);
+  if (reason !== undefined) assert.equal(err.reason, reason);
+  return true;
+}
+
+async function assertRefused(p: Promise<unknown>, code: ErrorCode, message?: RegExp, reason?: string): Promise<void> {
+  await assert.rejects(p, (err: unknown) => isRefusal(err, code, message, reason));
 }
 
 describe("normalizeIp", () => {
@@ -94,96 +104,100 @@ describe("clientIp", () => {
 
 describe("authorize", () => {
   describe("public", () => {
-    it("lets anyone through", () => {
-      access().authorize("public", caller());
-      access({ adminTokens: [], allowedIps: [] }).authorize("public", caller({ ip: "203.0.113.9" }));
+    it("lets anyone through", async () => {
+      await check(access(), "public");
+      await check(access({ adminTokens: [], allowedIps: [] }), "public", { ip: "203.0.113.9" });
+      access({ adminTokens: [], allowedIps: [] }).authorize("public", ANONYMOUS, undefined);
     });
   });
 
-  describe("read", () => {
+  describe("reads (IP-fenced)", () => {
     const ac = access({ allowedIps: ["127.0.0.1", "10.9.8.0/24", "2001:db8::/32", "::1"] });
 
-    it("allows an IP in the allowlist, as an address or in a CIDR block", () => {
+    it("allows an IP in the allowlist, as an address or in a CIDR block", async () => {
       for (const ip of ["127.0.0.1", "10.9.8.0", "10.9.8.7", "10.9.8.255", "2001:db8::1", "2001:db8:ffff::9", "::1"]) {
-        ac.authorize("read", caller({ ip }));
+        await check(ac, "secrets.read", { ip });
       }
     });
 
-    it("refuses an IP outside the allowlist with permission_denied", () => {
+    it("refuses an IP outside the allowlist with permission_denied IP_NOT_ALLOWED", async () => {
       for (const ip of ["127.0.0.2", "10.9.9.1", "10.9.7.255", "2001:db9::1", "::2", "192.0.2.1"]) {
-        assertRefused(() => ac.authorize("read", caller({ ip })), "permission_denied", /not allowed/);
+        await assertRefused(check(ac, "secrets.read", { ip }), "permission_denied", /not allowed/, "IP_NOT_ALLOWED");
       }
     });
 
-    it("refuses an unknown IP with permission_denied", () => {
-      assertRefused(() => ac.authorize("read", caller()), "permission_denied", /unknown/);
+    it("fences every value read: secrets.read, secrets.verify and vars.read", async () => {
+      for (const action of ["secrets.read", "secrets.verify", "vars.read"] as const) {
+        await check(ac, action, { ip: "127.0.0.1" });
+        await assertRefused(check(ac, action, { ip: "192.0.2.1" }), "permission_denied", /not allowed/, "IP_NOT_ALLOWED");
+      }
     });
 
-    it("refuses something that is not an IP", () => {
-      assertRefused(() => ac.authorize("read", caller({ ip: "localhost" })), "permission_denied");
+    it("refuses an unknown IP with permission_denied", async () => {
+      await assertRefused(check(ac, "secrets.read"), "permission_denied", /unknown/);
     });
 
-    it("is not granted by an admin token", () => {
-      assertRefused(
-        () => ac.authorize("read", caller({ ip: "192.0.2.1", authorization: `Bearer ${TOKEN_A}` })),
+    it("refuses something that is not an IP", async () => {
+      await assertRefused(check(ac, "secrets.read", { ip: "localhost" }), "permission_denied");
+    });
+
+    it("is not granted by an admin token", async () => {
+      await assertRefused(
+        check(ac, "secrets.read", { ip: "192.0.2.1", authorization: `Bearer ${TOKEN_A}` }),
         "permission_denied",
+        undefined,
+        "IP_NOT_ALLOWED",
       );
     });
 
-    it("refuses every IP with an empty allowlist", () => {
-      assertRefused(() => access({ allowedIps: [] }).authorize("read", caller({ ip: "127.0.0.1" })), "permission_denied");
+    it("refuses every IP with an empty allowlist", async () => {
+      await assertRefused(check(access({ allowedIps: [] }), "secrets.read", { ip: "127.0.0.1" }), "permission_denied");
     });
   });
 
   describe("admin", () => {
     const ac = access({ adminTokens: [TOKEN_A, TOKEN_B] });
-    const admin = (authorization: string | undefined) => ac.authorize("manage", caller({ authorization, ip: "127.0.0.1" }));
+    const admin = (authorization: string | undefined) => check(ac, "tokens.manage", { authorization, ip: "127.0.0.1" });
 
-    it("accepts each configured token", () => {
-      admin(`Bearer ${TOKEN_A}`);
-      admin(`Bearer ${TOKEN_B}`);
+    it("accepts each configured token", async () => {
+      await admin(`Bearer ${TOKEN_A}`);
+      await admin(`Bearer ${TOKEN_B}`);
     });
 
-    it("accepts the scheme in any case and surrounding blanks after it", () => {
-      admin(`bearer ${TOKEN_A}`);
-      admin(`BEARER ${TOKEN_A}`);
-      admin(`Bearer \t ${TOKEN_A} `);
+    it("accepts the scheme in any case and surrounding blanks after it", async () => {
+      await admin(`bearer ${TOKEN_A}`);
+      await admin(`BEARER ${TOKEN_A}`);
+      await admin(`Bearer \t ${TOKEN_A} `);
     });
 
-    it("refuses a missing or empty header as unauthenticated", () => {
-      assertRefused(() => admin(undefined), "unauthenticated", /missing bearer token/);
-      assertRefused(() => admin(""), "unauthenticated", /missing bearer token/);
+    it("refuses a missing or empty header as unauthenticated", async () => {
+      await assertRefused(admin(undefined), "unauthenticated", /missing bearer token/);
+      await assertRefused(admin(""), "unauthenticated", /missing bearer token/);
     });
 
-    it("refuses a wrong token as unauthenticated", () => {
+    it("refuses a wrong token as unauthenticated", async () => {
       for (const h of ["Bearer wrong-token-0123456789", `Bearer ${TOKEN_A}x`, `Bearer ${TOKEN_A.slice(0, -1)}`]) {
-        assertRefused(() => admin(h), "unauthenticated", /invalid bearer token/);
+        await assertRefused(admin(h), "unauthenticated", /invalid bearer token/);
       }
     });
 
-    it("refuses other schemes and malformed headers", () => {
+    it("refuses other schemes and malformed headers", async () => {
       const basic = `Basic ${Buffer.from(`admin:${TOKEN_A}`).toString("base64")}`;
       for (const h of [basic, `Basic ${TOKEN_A}`, TOKEN_A, `Bearer`, `Bearer `, `Bearer${TOKEN_A}`, `Bearer ${TOKEN_A} extra`]) {
-        assertRefused(() => admin(h), "unauthenticated");
+        await assertRefused(admin(h), "unauthenticated");
       }
     });
 
-    it("never echoes the presented token", () => {
-      assert.throws(
-        () => admin("Bearer leaked-token-value-123456"),
-        (err: unknown) => err instanceof Error && !err.message.includes("leaked-token"),
-      );
+    it("never echoes the presented token", async () => {
+      await assert.rejects(admin("Bearer leaked-token-value-123456"), (err: unknown) => err instanceof Error && !err.message.includes("leaked-token"));
     });
 
-    it("is not granted by an allowed IP", () => {
-      assertRefused(() => ac.authorize("manage", caller({ ip: "127.0.0.1" })), "unauthenticated");
+    it("is not granted by an allowed IP", async () => {
+      await assertRefused(check(ac, "tokens.manage", { ip: "127.0.0.1" }), "unauthenticated");
     });
 
-    it("refuses every token when none is configured", () => {
-      assertRefused(
-        () => access({ adminTokens: [] }).authorize("manage", caller({ authorization: `Bearer ${TOKEN_A}` })),
-        "unauthenticated",
-      );
+    it("refuses every token when none is configured", async () => {
+      await assertRefused(check(access({ adminTokens: [] }), "tokens.manage", { authorization: `Bearer ${TOKEN_A}` }), "unauthenticated");
     });
   });
 });

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { createEnvelope, type Envelope, masterKeyFrom, sealedSize } from "../../src/crypto/envelope.js";
 import { type ErrorCode, LatchkeyError } from "../../src/domain/errors.js";
-import { ANONYMOUS, type Principal } from "../../src/domain/principal.js";
+import { ANONYMOUS, adminPrincipal, type Principal } from "../../src/domain/principal.js";
 import type { StoreRecord } from "../../src/domain/store.js";
 import { createLogger } from "../../src/log/logger.js";
 import { createLatchkey, type Latchkey } from "../../src/service/latchkey.js";
@@ -21,9 +21,14 @@ const SEC = 1000;
 const MAX_VERSIONS = 3;
 const NO_LIMITS: QuotaLimits = { global: {}, perStore: {} };
 
-const ADMIN: Principal = { kind: "admin", tokenId: "admin:aaaaaaaaaaaa" };
-const BILLING: Principal = { kind: "service", service: "billing", tokenId: "service:billing:bbbbbbbbbbbb" };
-const SEARCH: Principal = { kind: "service", service: "search", tokenId: "service:search:cccccccccccc" };
+const ADMIN: Principal = adminPrincipal("admin:aaaaaaaaaaaa");
+/** A service's token, as LATCHKEY_SERVICE_TOKENS makes it: a writer bound to the service. */
+const service = (name: string, tokenId: string): Principal => ({ kind: "token", tokenId, role: "writer", service: name, stores: null, prefixes: null });
+const BILLING = service("billing", "service:billing:bbbbbbbbbbbb");
+const SEARCH = service("search", "service:search:cccccccccccc");
+
+/** Who a principal is, for assertion messages. */
+const who = (p: Principal) => (p.kind === "token" ? `${p.role}${p.service ? `:${p.service}` : ""}` : p.kind);
 
 const root = mkdtempSync(join(tmpdir(), "latchkey-service-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -399,9 +404,9 @@ describe("latchkey service", () => {
       for (const p of [SEARCH, ANONYMOUS]) {
         for (const [call, fn] of everyCall(p, "billing-prod")) {
           await assert.rejects(fn(), (err: unknown) => {
-            assert.ok(err instanceof LatchkeyError, `${p.kind} ${call}: a LatchkeyError, got ${String(err)}`);
-            assert.equal(err.code, "not_found", `${p.kind} ${call}: ${err.message}`);
-            assert.equal(err.reason, "STORE_NOT_FOUND", `${p.kind} ${call}`);
+            assert.ok(err instanceof LatchkeyError, `${who(p)} ${call}: a LatchkeyError, got ${String(err)}`);
+            assert.equal(err.code, "not_found", `${who(p)} ${call}: ${err.message}`);
+            assert.equal(err.reason, "STORE_NOT_FOUND", `${who(p)} ${call}`);
             return true;
           });
         }

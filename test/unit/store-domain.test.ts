@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { LatchkeyError } from "../../src/domain/errors.js";
-import { ANONYMOUS, canSee, ownerFor, type Principal } from "../../src/domain/principal.js";
+import { ANONYMOUS, adminPrincipal, canSee, ownerFor, type Principal } from "../../src/domain/principal.js";
 import { LIMITS } from "../../src/domain/secret.js";
 import { newStoreRecord, type StoreRecord, validateStoreName } from "../../src/domain/store.js";
 import { addUsage, checkQuota, type Usage, ZERO_USAGE } from "../../src/domain/usage.js";
@@ -11,9 +11,18 @@ import { setVar, validateVar, type VarRecord } from "../../src/domain/vars.js";
 
 const T0 = Date.UTC(2030, 0, 1);
 
-const ADMIN: Principal = { kind: "admin", tokenId: "admin:000000000000" };
-const BILLING: Principal = { kind: "service", service: "billing", tokenId: "service:billing:000000000000" };
-const SEARCH: Principal = { kind: "service", service: "search", tokenId: "service:search:000000000000" };
+const ADMIN: Principal = adminPrincipal("admin:000000000000");
+/** A service's token, as LATCHKEY_SERVICE_TOKENS makes it: a writer bound to the service. */
+const service = (name: string, tokenId = `service:${name}:000000000000`): Principal => ({
+  kind: "token",
+  tokenId,
+  role: "writer",
+  service: name,
+  stores: null,
+  prefixes: null,
+});
+const BILLING = service("billing");
+const SEARCH = service("search");
 
 /** Asserts `fn` throws one invalid_argument violation of `field` breaking `reason`. */
 function assertViolation(fn: () => unknown, field: string, reason: string): void {
@@ -115,13 +124,17 @@ describe("canSee", () => {
     const everyone: Principal[] = [ADMIN, BILLING, SEARCH, ANONYMOUS];
     const purging: StoreRecord[] = [store({ state: "purging" }), store({ state: "purging", managedBy: "billing" })];
     for (const rec of purging) {
-      for (const who of everyone) assert.equal(canSee(who, rec), false, `${who.kind} ${String(rec.managedBy)}`);
+      for (const who of everyone) {
+        const label = who.kind === "token" ? `${who.role} ${String(who.service)}` : who.kind;
+        assert.equal(canSee(who, rec), false, `${label} ${String(rec.managedBy)}`);
+      }
     }
   });
 
   it("does not treat a service named like another principal's fields specially", () => {
     const odd = store({ managedBy: "admin" });
-    assert.equal(canSee({ kind: "service", service: "admin", tokenId: "x" }, odd), true);
+    assert.equal(canSee(service("admin", "x"), odd), true);
+    assert.equal(canSee(ADMIN, odd), true, "an admin sees it as it sees every store");
     assert.equal(canSee(ANONYMOUS, odd), false);
   });
 });

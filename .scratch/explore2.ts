@@ -1,0 +1,40 @@
+import { createClient, ConnectError } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { SecretService } from "../gen/latchkey/v1/secret_service_pb.js";
+import { AuditService } from "../gen/latchkey/v1/audit_service_pb.js";
+import { TokenService, Role } from "../gen/latchkey/v1/token_service_pb.js";
+import { startTestServer, ADMIN_TOKEN } from "../test/support/server.js";
+import { rest } from "../test/support/clients.js";
+
+let offset = 0;
+const clock = { now: () => Date.now() + offset };
+const s = await startTestServer({ LATCHKEY_AUDIT_STDOUT: "true", LATCHKEY_TRUSTED_PROXIES: "127.0.0.1" , LATCHKEY_ALLOWED_IPS: "127.0.0.0/8,10.0.0.0/8"}, { clock });
+const t = createConnectTransport({ baseUrl: s.url, httpVersion: "1.1" });
+const h = { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } };
+const sec = createClient(SecretService, t);
+const aud = createClient(AuditService, t);
+const tok = createClient(TokenService, t);
+const v = await tok.createToken({ label: "v", role: Role.VERIFIER }, h);
+const rd = await tok.createToken({ label: "r", role: Role.READER, allowedIps: ["10.1.1.1"] }, h);
+console.log(rd.token);
+console.log((await rest(s.url, "POST", "/v1/secrets", { name: "auto", kind: "automatic", rotation_interval_secs: 3600 })).status);
+console.log((await rest(s.url, "GET", "/v1/secrets/auto", undefined, v.secret)).body);
+console.log((await rest(s.url, "GET", "/v1/secrets/auto", undefined, rd.secret)).body);
+console.log((await rest(s.url, "GET", "/v1/secrets/auto", undefined, rd.secret, {"x-forwarded-for": "10.1.1.1"})).status);
+console.log((await rest(s.url, "GET", "/v1/secrets", undefined, rd.secret, {"x-forwarded-for": "10.1.1.2"})).body);
+offset = 3700_000;
+console.log("tick", await s.app.scheduler.tick());
+await new Promise((r) => setTimeout(r, 100));
+const ev = await aud.listAuditEvents({}, h);
+for (const e of ev.events) console.log(e.seq, e.op, e.store, e.name, e.version, e.code, e.actorKind, e.tokenId, e.ip, e.requestId);
+console.log(s.logs.filter((l) => l.includes('"audit"') && l.includes("system")));
+// big body
+const big = "x".repeat(300*1024);
+console.log((await rest(s.url, "POST", "/v1/secrets", { name: "b", value: big })).status);
+console.log((await rest(s.url, "GET", "/v1/audit?limit=1")).body);
+// revoke
+const del = await rest(s.url, "DELETE", "/v1/tokens/" + v.token!.id);
+console.log(del.status, del.body);
+console.log((await rest(s.url, "POST", "/v1/secrets/auto/verify", {value: "x"}, v.secret)).body);
+console.log((await rest(s.url, "DELETE", "/v1/tokens/tok_nope")).body);
+await s.stop();
