@@ -12,6 +12,8 @@ import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import * as ReflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as ReflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditor } from "./audit/auditor.js";
+import { REST_POLICY, RPC_POLICY } from "./auth/policy.js";
+import { createMetrics, type Metrics } from "./metrics/metrics.js";
 import { createHealthImpl } from "./rpc/health.js";
 import { createReflection } from "./rpc/reflection.js";
 import { createAuditServiceImpl, createTokenServiceImpl } from "./rpc/token-service.js";
@@ -48,6 +50,7 @@ export interface App {
   readonly scheduler: RotationScheduler;
   readonly storage: Storage;
   readonly logger: Logger;
+  readonly metrics: Metrics;
   /** Drains in-flight calls (at most `graceMs`), stops the scheduler and closes the store. */
   close(graceMs?: number): Promise<void>;
 }
@@ -72,7 +75,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       ? config.adminTokens
       : [embeddedSecret(config.dataDir, ADMIN_TOKEN_FILE, "admin token", logger, () => `lk_${randomBytes(32).toString("base64url")}`)];
 
-  const storage = overrides.storage ?? (await openStorage(config, logger));
+  const metrics = createMetrics({ knownOps: knownOperations() });
+  const storage = metrics.instrument(overrides.storage ?? (await openStorage(config, logger)));
   const envelope = createEnvelope({
     masterKey,
     previousMasterKeys: config.previousMasterKeys.map(masterKeyFrom),
@@ -110,7 +114,13 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
   const scheduler = createRotationScheduler({
     storage,
-    rotate: (doc) => auditor.system(doc.deletion ? "scheduler/purge" : "scheduler/rotate", () => manager.runDue(doc)),
+    rotate: async (doc) => {
+      const dueAt = doc.deletion ? doc.deletion.purgeAt : (doc.rotation?.nextRotationAt ?? clock.now());
+      const done = await auditor.system(doc.deletion ? "scheduler/purge" : "scheduler/rotate", () => manager.runDue(doc));
+      if (done !== undefined) metrics.rotation(done === 0 ? "purged" : "rotated", (clock.now() - dueAt) / 1000);
+      return done;
+    },
+    onChange: (at) => metrics.feedLag((clock.now() - at) / 1000),
     clock,
     logger,
   });
@@ -135,6 +145,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   const served = [SecretService, StoreService, VarService, TokenService, AuditService];
   const reflection = createReflection([...served, Health, ReflectionV1.ServerReflection]);
   const rest = createRestApi({
+    metrics,
     latchkey,
     access,
     auditor,
@@ -173,7 +184,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       ip: access.clientIp(peer, Array.isArray(forwarded) ? forwarded.join(",") : forwarded),
     };
     res.setHeader("x-request-id", info.id);
-    res.once("close", () => logRequest(logger, info, req.method, res.statusCode));
+    res.once("close", () => logRequest(logger, metrics, info, req.method, res.statusCode));
     const path = req.url ?? "/";
     if (rest.handles(path)) {
       void rest.handle(req, res, info);
@@ -205,6 +216,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     scheduler,
     storage,
     logger,
+    metrics,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         draining = true;
@@ -245,7 +257,13 @@ const HTTP_CODES: Record<number, string> = {
   504: "deadline_exceeded",
 };
 
-function logRequest(logger: Logger, info: RequestInfo, method: string | undefined, status: number): void {
+/** Every operation name metrics may use as a label: REST route templates and RPC procedures. */
+function knownOperations(): Set<string> {
+  const rpcs = Object.keys(RPC_POLICY).map((k) => k.replace(/\.(\w+)$/, "/$1"));
+  return new Set([...Object.keys(REST_POLICY), ...rpcs]);
+}
+
+function logRequest(logger: Logger, metrics: Metrics, info: RequestInfo, method: string | undefined, status: number): void {
   const probe =
     info.operation === "GET /healthz" || info.operation === "GET /readyz" || info.operation?.startsWith("grpc.health.v1.") === true;
   const entry = {
@@ -256,6 +274,7 @@ function logRequest(logger: Logger, info: RequestInfo, method: string | undefine
     duration_ms: Math.round((performance.now() - info.start) * 1000) / 1000,
     peer: info.ip,
   };
+  metrics.request(entry.op, entry.code, entry.duration_ms / 1000);
   if (probe) logger.debug(entry, "request");
   else logger.info(entry, "request");
 }

@@ -133,6 +133,7 @@ function secretRoutes(prefix: string): Record<string, Action> {
 export const REST_POLICY: Readonly<Record<string, Action>> = {
   "GET /healthz": "public",
   "GET /readyz": "public",
+  "GET /metrics": "public",
   ...secretRoutes("/v1/secrets"),
   ...secretRoutes("/v1/stores/{store}/secrets"),
   "GET /v1/usage": "stores.read",

@@ -24,6 +24,7 @@ import type { Limits, Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
+import type { Metrics } from "../metrics/metrics.js";
 import type { Latchkey } from "../service/latchkey.js";
 import type { BatchItem, BatchResult, OpenedSecret } from "../service/secret-manager.js";
 import { listAudit, type TokenManager } from "../service/tokens.js";
@@ -216,6 +217,7 @@ function usageView(u: { usage: Usage; limits: Limits }, store?: string) {
 }
 
 export function createRestApi(deps: {
+  metrics: Metrics;
   latchkey: Latchkey;
   access: AccessControl;
   auditor: Auditor;
@@ -229,6 +231,16 @@ export function createRestApi(deps: {
   const health: Record<string, RouteTable> = {
     "/healthz": {
       GET: { operation: "GET /healthz", run: async ({ res }) => json(res, 200, { status: "ok" }) },
+    },
+    "/metrics": {
+      GET: {
+        operation: "GET /metrics",
+        run: async ({ res }) => {
+          const text = await deps.metrics.render();
+          res.writeHead(200, { "content-type": deps.metrics.registry.contentType, "cache-control": "no-store" });
+          res.end(text);
+        },
+      },
     },
     "/readyz": {
       GET: {
@@ -696,7 +708,7 @@ export function createRestApi(deps: {
 
   return {
     handles(path) {
-      return path.startsWith("/v1/") || path === "/healthz" || path === "/readyz";
+      return path.startsWith("/v1/") || path === "/healthz" || path === "/readyz" || path === "/metrics";
     },
     operations() {
       return allTables.flatMap((t) => Object.values(t).map((r) => (r as Route).operation));

@@ -42,6 +42,8 @@ export interface RotationSchedulerOptions {
   readonly consumer?: string;
   /** Minimum time between saves of the feed position. Default 5000 ms. */
   readonly saveEveryMs?: number;
+  /** Told the time of each change read from the feed (feed lag metrics). */
+  readonly onChange?: (at: number) => void;
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -149,6 +151,7 @@ export function createRotationScheduler(opts: RotationSchedulerOptions): Rotatio
           if (item.op === "reset") {
             arm(clock.now());
           } else if (item.op !== "start") {
+            opts.onChange?.(item.at);
             // Rotations and purges of deleted secrets alike: whatever the secret is next due for.
             const due = item.dueAt ?? item.nextRotationAt;
             if (due !== null) arm(due);
