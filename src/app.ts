@@ -25,7 +25,7 @@ import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope
 import { DEFAULT_STORE } from "./domain/secret.js";
 import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
 import { instrumentRpcResponse } from "./http/rpc-instrument.js";
-import { createDualServer, type RequestHandler } from "./http/server.js";
+import { createDualServer, createTlsServer, type RequestHandler } from "./http/server.js";
 import { createLogger, type Logger } from "./log/logger.js";
 import { createRestApi } from "./rest/rest-api.js";
 import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
@@ -195,11 +195,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     // known only by the grpc-status sent, so watch for it.
     const q = path.indexOf("?");
     info.operation = (q === -1 ? path : path.slice(0, q)).slice(1, 160);
-    instrumentRpcResponse(res, info);
+    instrumentRpcResponse(res, info, req);
     rpc(req, res);
   };
 
-  const server = createDualServer(handler);
+  const server = config.tls ? createTlsServer(handler, config.tls) : createDualServer(handler);
   const bound = await server.listen(config.port, config.host).catch(async (err) => {
     await storage.close();
     throw err;
@@ -209,7 +209,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
   let closing: Promise<void> | undefined;
   return {
-    url: `http://${host}:${bound.port}`,
+    url: `${config.tls ? "https" : "http"}://${host}:${bound.port}`,
     port: bound.port,
     manager,
     latchkey,
@@ -217,9 +217,12 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     storage,
     logger,
     metrics,
-    close(graceMs = 10_000) {
+    close(graceMs = config.drainTimeoutMs) {
       closing ??= (async () => {
+        // Not ready first (probes, health watches), so meshes and load balancers stop sending; then refuse new
+        // connections, let calls in flight finish within the grace period, end the streams, close the store.
         draining = true;
+        if (config.drainDelayMs > 0) await new Promise((r) => setTimeout(r, config.drainDelayMs));
         drain.abort();
         await server.close(graceMs);
         await scheduler.stop();

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { resolve } from "node:path";
 import type { Limits, UsageDimension } from "../domain/usage.js";
@@ -34,6 +35,12 @@ export interface Config {
   readonly deleteRetentionSeconds: number;
   /** Failed verifications allowed per minute, per caller and per secret (LATCHKEY_VERIFY_FAILURES_PER_CALLER, _PER_SECRET). */
   readonly verifyLimits: { readonly perCaller: number; readonly perSecret: number };
+  /** TLS (LATCHKEY_TLS_CERT, LATCHKEY_TLS_KEY: PEM file paths) and mutual TLS (LATCHKEY_TLS_CLIENT_CA). */
+  readonly tls: { readonly cert: Buffer; readonly key: Buffer; readonly clientCa: Buffer | undefined } | undefined;
+  /** On SIGTERM: report not ready for this long before refusing connections (LATCHKEY_DRAIN_DELAY_MS, default 0). */
+  readonly drainDelayMs: number;
+  /** Then wait at most this long for calls in flight (LATCHKEY_DRAIN_TIMEOUT_MS, default 10000). */
+  readonly drainTimeoutMs: number;
   /** Mirror every audit entry to stdout as a JSON line (LATCHKEY_AUDIT_STDOUT=true). */
   readonly auditStdout: boolean;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
@@ -136,6 +143,32 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   ] as const) {
     if (!/^\d{1,7}$/.test(text) || Number(text) < 1) problems.push(`${key}: "${text}" must be a whole number of at least 1`);
   }
+  const readPem = (key: string): Buffer | undefined => {
+    const path = env[key]?.trim();
+    if (!path) return undefined;
+    try {
+      return readFileSync(path);
+    } catch {
+      problems.push(`${key}: cannot read "${path}"`);
+      return undefined;
+    }
+  };
+  const cert = readPem("LATCHKEY_TLS_CERT");
+  const tlsKey = readPem("LATCHKEY_TLS_KEY");
+  const clientCa = readPem("LATCHKEY_TLS_CLIENT_CA");
+  if ((cert === undefined) !== (tlsKey === undefined) && problems.every((p) => !p.startsWith("LATCHKEY_TLS"))) {
+    problems.push("LATCHKEY_TLS_CERT and LATCHKEY_TLS_KEY: give both, or neither");
+  }
+  if (clientCa !== undefined && cert === undefined) problems.push("LATCHKEY_TLS_CLIENT_CA: needs LATCHKEY_TLS_CERT and LATCHKEY_TLS_KEY");
+  const tls = cert && tlsKey ? { cert, key: tlsKey, clientCa } : undefined;
+  const msOf = (key: string, fallback: string): number => {
+    const text = str(key, fallback);
+    if (!/^\d{1,7}$/.test(text)) problems.push(`${key}: "${text}" must be a whole number of milliseconds`);
+    return Number(text);
+  };
+  const drainDelayMs = msOf("LATCHKEY_DRAIN_DELAY_MS", "0");
+  const drainTimeoutMs = msOf("LATCHKEY_DRAIN_TIMEOUT_MS", "10000");
+
   const auditText = str("LATCHKEY_AUDIT_STDOUT", "false").toLowerCase();
   if (auditText !== "true" && auditText !== "false") problems.push("LATCHKEY_AUDIT_STDOUT: must be true or false");
 
@@ -175,6 +208,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     deleteRetentionSeconds,
     verifyLimits: Object.freeze({ perCaller: Number(perCallerText), perSecret: Number(perSecretText) }),
     auditStdout: auditText === "true",
+    tls,
+    drainDelayMs,
+    drainTimeoutMs,
     quotas: Object.freeze({ global: Object.freeze(quotas.global), perStore: Object.freeze(quotas.perStore) }),
   });
 }

@@ -13,7 +13,7 @@ type Response = Parameters<RequestHandler>[1];
  * unary error raised while decoding the request (bad JSON, unknown field) the google.rpc.RequestInfo detail every
  * other error carries.
  */
-export function instrumentRpcResponse(res: Response, info: RequestInfo): void {
+export function instrumentRpcResponse(res: Response, info: RequestInfo, req?: Parameters<RequestHandler>[0]): void {
   const r = res as unknown as {
     writeHead: (status: number, headers?: Headers) => unknown;
     addTrailers: (trailers: Headers) => void;
@@ -26,9 +26,18 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo): void {
   };
   const { writeHead, addTrailers, write, end } = r;
   let held: { status: number; headers: Record<string, unknown>; chunks: Buffer[] } | undefined;
+  let notModified = false;
+  // Connect GET (cheap polling): a response whose ETag the caller already has becomes a bodiless 304.
+  const ifNoneMatch = req?.method === "GET" ? req.headers["if-none-match"] : undefined;
 
   r.writeHead = function (this: unknown, status, headers) {
-    if (held) return this; // connect-node writes the head again when it thinks none was sent
+    if (held || notModified) return this; // connect-node writes the head again when it thinks none was sent
+    if (ifNoneMatch && status === 200 && typeof headers === "object" && etagMatches(ifNoneMatch, headers.etag)) {
+      notModified = true;
+      if (info.code === undefined) info.code = "not_modified";
+      const kept = Object.fromEntries(Object.entries(headers).filter(([k]) => k === "etag" || k === "x-request-id"));
+      return writeHead.call(this, 304, kept);
+    }
     if (typeof headers === "object") {
       note(headers);
       const type = String(headers["content-type"] ?? "");
@@ -45,6 +54,11 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo): void {
     addTrailers.call(this, trailers);
   };
   r.write = function (this: unknown, chunk, ...rest) {
+    if (notModified) {
+      const cb = rest.find((a) => typeof a === "function") as (() => void) | undefined;
+      if (cb) queueMicrotask(cb);
+      return true;
+    }
     if (!held) return write.call(this, chunk, ...rest);
     held.chunks.push(Buffer.from(chunk as Uint8Array));
     const cb = rest.find((a) => typeof a === "function") as (() => void) | undefined;
@@ -52,6 +66,7 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo): void {
     return true;
   };
   r.end = function (this: unknown, chunk, ...rest) {
+    if (notModified) return end.call(this, ...rest.filter((a) => typeof a === "function"));
     if (!held) return end.call(this, chunk, ...rest);
     const h = held;
     held = undefined;
@@ -63,6 +78,14 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo): void {
     writeHead.call(this, h.status, h.headers as Headers);
     return end.call(this, text);
   };
+}
+
+/** Whether an If-None-Match header names the response's ETag (or is "*"). */
+export function etagMatches(ifNoneMatch: string | string[], etag: unknown): boolean {
+  if (typeof etag !== "string") return false;
+  const header = Array.isArray(ifNoneMatch) ? ifNoneMatch.join(",") : ifNoneMatch;
+  const strip = (t: string) => t.trim().replace(/^W\//, "");
+  return header.split(",").some((t) => strip(t) === "*" || strip(t) === strip(etag));
 }
 
 /** Adds a RequestInfo detail to a Connect error body that has none. */

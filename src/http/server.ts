@@ -116,3 +116,80 @@ export function createDualServer(handler: RequestHandler): DualServer {
     },
   };
 }
+
+/** Certificate and key (PEM) for TLS; a client CA turns on mutual TLS. */
+export interface TlsOptions {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /** When set, clients must present a certificate signed by this CA. */
+  readonly clientCa?: Buffer | undefined;
+}
+
+/**
+ * The same one port over TLS: HTTP/2 and HTTP/1.1 are chosen by ALPN, so no sniffing is needed. With a client CA,
+ * a connection without a valid client certificate is refused during the handshake (mutual TLS).
+ */
+export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualServer {
+  const server = http2.createSecureServer(
+    {
+      cert: tls.cert,
+      key: tls.key,
+      allowHTTP1: true,
+      maxSessionMemory: 32,
+      handshakeTimeout: FIRST_BYTES_TIMEOUT_MS,
+      ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+    },
+    handler,
+  );
+  const sockets = new Set<net.Socket>();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("secureConnection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
+  server.on("sessionError", () => {});
+  server.on("tlsClientError", () => {});
+
+  return {
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          const addr = server.address() as net.AddressInfo;
+          resolve({ port: addr.port, host: addr.address });
+        });
+      });
+    },
+    async close(graceMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sessions) s.close();
+      // HTTP/1.1 sockets (no session): end the idle ones now, the busy ones once the grace period is over.
+      const force = setTimeout(() => {
+        for (const s of sessions) s.destroy();
+        for (const s of sockets) s.destroy();
+      }, graceMs);
+      const idle = setInterval(() => {
+        for (const s of sockets) if (!sessionOf(s, sessions)) s.end();
+      }, 100);
+      try {
+        await closed;
+      } finally {
+        clearInterval(idle);
+        clearTimeout(force);
+      }
+    },
+    connections() {
+      return sockets.size;
+    },
+  };
+}
+
+function sessionOf(socket: net.Socket, sessions: Set<http2.ServerHttp2Session>): boolean {
+  for (const s of sessions) if ((s.socket as unknown) === socket) return true;
+  return false;
+}

@@ -25,6 +25,7 @@ import type { VarRecord } from "../domain/vars.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "../metrics/metrics.js";
+import { etagMatches } from "../http/rpc-instrument.js";
 import type { Latchkey } from "../service/latchkey.js";
 import type { BatchItem, BatchResult, OpenedSecret } from "../service/secret-manager.js";
 import { listAudit, type TokenManager } from "../service/tokens.js";
@@ -358,13 +359,20 @@ export function createRestApi(deps: {
     const item: RouteTable = {
       GET: {
         operation: `GET ${prefix}/{name}`,
-        run: async ({ res, principal, store, name, query }) => {
+        run: async ({ req, res, principal, store, name, query }) => {
           const v = query.get("version");
           if (v !== null && !/^[1-9]\d{0,9}$/.test(v)) {
             throw invalidArgument("version", "out_of_range", "version must be a positive whole number");
           }
           const got = await lk.getSecret(principal, { store, name }, v === null ? undefined : Number(v));
-          res.setHeader("etag", etag(got.doc.revision));
+          const tag = etag(got.doc.revision);
+          res.setHeader("etag", tag);
+          const inm = headerValue(req.headers["if-none-match"]);
+          if (inm !== undefined && etagMatches(inm, tag)) {
+            res.writeHead(304);
+            res.end();
+            return;
+          }
           json(res, 200, secretValue(got));
         },
       },

@@ -114,7 +114,10 @@ export function createSecretServiceImpl({ latchkey: lk, drain }: SecretServiceDe
       );
     },
     async getSecret(req, ctx) {
-      return opened(await lk.getSecret(who(ctx), ref(req), req.version));
+      const got = await lk.getSecret(who(ctx), ref(req), req.version);
+      // The revision changes with every write: pollers send it back (If-None-Match) and get 304 over Connect GET.
+      ctx.responseHeader.set("etag", `"${got.doc.revision}"`);
+      return opened(got);
     },
     async listSecrets(req, ctx) {
       const page = await lk.listSecrets(who(ctx), {
