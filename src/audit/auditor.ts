@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from "node:async_hooks";
-import type { AuditEvent } from "../domain/audit.js";
+import type { AuditEvent, AuditRecord } from "../domain/audit.js";
 import type { Principal } from "../domain/principal.js";
 import type { Logger } from "../log/logger.js";
 import type { PendingAudit, Storage } from "../storage/storage.js";
@@ -11,6 +11,7 @@ type Draft = { -readonly [K in keyof AuditEvent]: AuditEvent[K] };
 interface DraftAudit {
   event: Draft;
   written: boolean;
+  record?: AuditRecord;
 }
 
 interface Scope {
@@ -76,6 +77,9 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
     queue = [];
     flushing = storage
       .appendAudit(batch)
+      .then((records) => {
+        if (mirror) for (const r of records) logger.info({ audit: r }, "audit");
+      })
       .catch((err: unknown) => logger.error({ err, entries: batch.length }, "could not append to the audit log"))
       .finally(() => {
         flushing = undefined;
@@ -83,15 +87,20 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
     return flushing;
   }
 
+  /**
+   * Ends a call: its entry is appended now unless a write already stored it. Mirrored entries are the stored ones,
+   * with their chain position and hash, so a copy kept elsewhere can also tell a rewritten end of the chain.
+   */
   function end(pending: DraftAudit, code: string): void {
     const e = pending.event;
-    if (!pending.written) {
-      e.code = code;
-      e.at = Date.now();
-      queue.push({ ...e });
-      void flush();
+    if (pending.written) {
+      if (mirror && pending.record) logger.info({ audit: pending.record }, "audit");
+      return;
     }
-    if (mirror) logger.info({ audit: { ...e } }, "audit");
+    e.code = code;
+    e.at = Date.now();
+    queue.push({ ...e });
+    void flush();
   }
 
   function draft(facts: CallFacts): DraftAudit {
@@ -133,7 +142,7 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
       return als.run({ pending }, async () => {
         const result = await work();
         // Only what the service actually did is recorded: a rotation another replica won leaves no entry.
-        if (pending.written && mirror) logger.info({ audit: { ...pending.event } }, "audit");
+        if (pending.written && mirror && pending.record) logger.info({ audit: pending.record }, "audit");
         return result;
       });
     },

@@ -57,6 +57,11 @@ const GRANTS: Record<Role, ReadonlySet<Action>> = {
 /** Whether `p` may perform `action` (before store ownership and scopes, which the service layer checks). */
 export function can(p: Principal, action: Action): boolean {
   if (p.kind === "anonymous") return ANONYMOUS_ACTIONS.has(action);
+  // Tokens and the audit log are the whole service's: only an admin bound to no service and no scope may touch
+  // them (a limited admin could otherwise mint itself an unlimited token).
+  if (action === "tokens.manage" || action === "audit.read") {
+    return p.role === "admin" && p.service === null && p.stores === null && p.prefixes === null;
+  }
   // Writers manage stores only on behalf of a service, which then owns them.
   if (action === "stores.write" && p.role === "writer") return p.service !== null;
   return GRANTS[p.role].has(action);

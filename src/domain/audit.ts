@@ -57,11 +57,13 @@ const FIELDS: readonly (keyof AuditEvent)[] = [
   "code",
 ];
 
-/** The hash of an entry: SHA-256 over the previous hash, its chain and sequence number and every field, in order. */
+/**
+ * The hash of an entry: SHA-256 over the JSON array of the previous hash, its chain, its sequence number and every
+ * field in a fixed order (JSON keeps field boundaries unambiguous: no text can move between neighbouring fields).
+ */
 export function auditHash(prevHash: string, chain: string, seq: number, e: AuditEvent): string {
-  const h = createHash("sha256").update(prevHash).update("\n").update(chain).update("\n").update(String(seq));
-  for (const f of FIELDS) h.update("\n").update(String(e[f]));
-  return h.digest("hex");
+  const fields = [prevHash, chain, seq, ...FIELDS.map((f) => e[f])];
+  return createHash("sha256").update(JSON.stringify(fields)).digest("hex");
 }
 
 /** Links an event to `chain` after `prev` (or at its start). */

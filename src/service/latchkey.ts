@@ -153,7 +153,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
 
   return {
     async createSecret(p, input) {
-      const store = await visibleStore(p, input.store, true);
+      const store = await secretStore(p, input, true);
       const bytes = valueBytes(input);
       // A taken name grows nothing: let the insert report already_exists rather than the quota.
       const growth = async () =>
@@ -293,6 +293,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
 
     async createStore(p, input) {
       validateStoreName(input.name, "name");
+      checkScope(p, input.name);
       const description = validateDescription(input.description ?? "");
       if (input.managedBy && !isAdmin(p)) {
         throw invalidArgument("managed_by", "not_allowed", "only an admin can create a store for another service");
@@ -326,6 +327,7 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       const rec = await storage.findStore(name);
       // A store left half-purged by an interrupted purge stays deletable by whoever could see it.
       if (!rec || !canSee(p, { ...rec, state: "active" })) throw storeNotFound(name);
+      checkScope(p, name);
       if (name === DEFAULT_STORE) {
         throw new LatchkeyError("failed_precondition", "the default store cannot be deleted", { reason: "DEFAULT_STORE" });
       }

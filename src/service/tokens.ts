@@ -4,7 +4,7 @@ import { tokenHash } from "../auth/access.js";
 import { isIpOrCidr } from "../config/config.js";
 import type { AuditRecord } from "../domain/audit.js";
 import { LatchkeyError } from "../domain/errors.js";
-import type { Principal, Role } from "../domain/principal.js";
+import { isAdmin, type Principal, type Role } from "../domain/principal.js";
 import { type NewToken, type TokenRecord, validateNewToken } from "../domain/token.js";
 import type { Clock } from "../scheduler/clock.js";
 import type { AuditQuery, Storage } from "../storage/storage.js";
@@ -31,6 +31,9 @@ export function createTokenManager(deps: {
   const { storage, clock } = deps;
   return {
     async create(p, input) {
+      if (!(p.kind === "token" && isAdmin(p) && p.stores === null && p.prefixes === null)) {
+        throw new LatchkeyError("permission_denied", "only an unrestricted admin token can create tokens", { reason: "ROLE_NOT_ALLOWED" });
+      }
       validateNewToken(input, clock.now(), isIpOrCidr);
       const secret = newTokenSecret();
       const none = <T>(xs: readonly T[] | undefined) => (xs && xs.length > 0 ? [...xs] : null);

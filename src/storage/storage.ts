@@ -67,6 +67,8 @@ export type WriteOutcome = "ok" | "conflict" | "name_taken" | "not_applied";
 export interface PendingAudit {
   event: AuditEvent;
   written: boolean;
+  /** The stored entry (with its chain position and hash), once written. */
+  record?: AuditRecord;
 }
 
 export interface AuditQuery {
@@ -254,8 +256,8 @@ export interface Storage {
   /** Marks a token revoked (once). Returns false if there is no such token or it was revoked already. */
   revokeToken(id: string, at: number): Promise<boolean>;
 
-  /** Appends entries to the audit log, in order, linked into this process's chain. */
-  appendAudit(events: readonly AuditEvent[]): Promise<void>;
+  /** Appends entries to the audit log, in order, linked into this process's chain; returns them as stored. */
+  appendAudit(events: readonly AuditEvent[]): Promise<AuditRecord[]>;
   /** Audit entries, newest first, filtered and paged. */
   listAudit(query: AuditQuery): Promise<AuditRecord[]>;
   /** Names of the audit log's chains (one on SQLite; one per server process on MongoDB). */

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { createEnvelope, type Envelope, masterKeyFrom, sealedSize } from "../../src/crypto/envelope.js";
 import { type ErrorCode, LatchkeyError } from "../../src/domain/errors.js";
-import { ANONYMOUS, adminPrincipal, type Principal } from "../../src/domain/principal.js";
+import { ANONYMOUS, adminPrincipal, type Principal, type TokenPrincipal } from "../../src/domain/principal.js";
 import type { StoreRecord } from "../../src/domain/store.js";
 import { createLogger } from "../../src/log/logger.js";
 import { createLatchkey, type Latchkey } from "../../src/service/latchkey.js";
@@ -446,6 +446,80 @@ describe("latchkey service", () => {
         assert.equal((await lk.usage(p, "billing-prod")).usage.secrets, 1);
       }
       assert.equal((await lk.getSecret(ADMIN, ref("default", "shared"))).value, "shared-value");
+    });
+  });
+
+  describe("token scopes", () => {
+    const scoped = (over: Partial<Omit<TokenPrincipal, "kind">>): Principal => ({
+      kind: "token",
+      tokenId: "tok_scoped",
+      role: "writer",
+      service: null,
+      stores: null,
+      prefixes: null,
+      ...over,
+    });
+
+    async function assertOutOfScope(p: Promise<unknown>): Promise<void> {
+      await assertCode(p, "permission_denied", "OUT_OF_SCOPE");
+    }
+
+    beforeEach(async () => {
+      await lk.createStore(ADMIN, { name: "payments" });
+      await lk.createSecret(ADMIN, { ...ref("default", "ci/token"), kind: "manual", value: "ci" });
+      await lk.createSecret(ADMIN, { ...ref("default", "prod/token"), kind: "manual", value: "prod" });
+      await lk.createSecret(ADMIN, { ...ref("payments", "ci/token"), kind: "manual", value: "pay" });
+    });
+
+    it("a store-scoped token reaches only its stores, and lists only them", async () => {
+      const p = scoped({ role: "reader", stores: ["default"] });
+      assert.equal((await lk.getSecret(p, ref("default", "prod/token"))).value, "prod");
+      await assertOutOfScope(lk.getSecret(p, ref("payments", "ci/token")));
+      await assertOutOfScope(lk.getStore(p, "payments"));
+      await assertOutOfScope(lk.listSecrets(p, { store: "payments" }));
+      await assertOutOfScope(lk.usage(p, "payments"));
+      assert.deepEqual(
+        (await lk.listStores(p, {})).stores.map((s) => s.name),
+        ["default"],
+      );
+    });
+
+    it("a prefix-scoped token reaches only names under its prefixes, and must list under one", async () => {
+      const p = scoped({ prefixes: ["ci/"] });
+      assert.equal((await lk.getSecret(p, ref("default", "ci/token"))).value, "ci");
+      await assertOutOfScope(lk.getSecret(p, ref("default", "prod/token")));
+      await assertOutOfScope(lk.verifySecret(p, ref("default", "prod/token"), "prod"));
+      await assertOutOfScope(lk.createSecret(p, { ...ref("default", "prod/new"), kind: "manual", value: "v" }));
+      await assertOutOfScope(lk.renameSecret(p, ref("default", "ci/token"), "prod/renamed"));
+      await assertOutOfScope(lk.copySecret(p, ref("default", "ci/token"), ref("default", "prod/copy")));
+      await assertOutOfScope(lk.batchGet(p, "default", ["ci/token", "prod/token"]));
+      await assertOutOfScope(lk.setVars(p, "default", [{ name: "ci/a", value: "1" }, { name: "prod/a", value: "2" }]));
+      assert.equal(await storage.findVar("default", "ci/a"), undefined, "all or nothing");
+      await assertOutOfScope(lk.listSecrets(p, { store: "default" }));
+      assert.deepEqual(
+        (await lk.listSecrets(p, { store: "default", prefix: "ci/" })).docs.map((d) => d.name),
+        ["ci/token"],
+      );
+      assert.equal(await storage.findSecret("default", "prod/new"), undefined);
+      assert.equal(await storage.findSecret("default", "prod/copy"), undefined);
+      assert.ok(await storage.findSecret("default", "ci/token"), "not renamed");
+    });
+
+    it("visibility comes first: a scoped token gets not_found for a store it cannot see", async () => {
+      await lk.createStore(BILLING, { name: "billing-prod" });
+      const p = scoped({ stores: ["billing-prod"] });
+      await assertStoreNotFound(lk.getStore(p, "billing-prod"));
+      await assertStoreNotFound(lk.getSecret(p, ref("billing-prod", "x")));
+    });
+
+    it("a service token scoped to some of its stores cannot delete the others", async () => {
+      await lk.createStore(BILLING, { name: "billing-a" });
+      await lk.createStore(BILLING, { name: "billing-b" });
+      const p = scoped({ service: "billing", stores: ["billing-a"] });
+      await assertOutOfScope(lk.getStore(p, "billing-b"));
+      await assertOutOfScope(lk.deleteStore(p, "billing-b", { purge: true }));
+      assert.equal((await storage.findStore("billing-b"))?.state, "active", "the store out of scope is still there");
+      await lk.deleteStore(p, "billing-a", { purge: false });
     });
   });
 

@@ -127,14 +127,15 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
     return run;
   }
 
-  async function appendAuditEvents(events: readonly AuditEvent[]): Promise<void> {
-    if (events.length === 0) return;
-    await serially(async () => {
+  async function appendAuditEvents(events: readonly AuditEvent[]): Promise<AuditRecord[]> {
+    if (events.length === 0) return [];
+    return serially(async () => {
       const records: AuditRecord[] = [];
       let prev = head;
       for (const e of events) records.push((prev = chainRecord(chain, prev, e)));
       await audit.insertMany(records.map(toMongoAudit), { ordered: true });
       head = prev;
+      return records;
     });
   }
 
@@ -159,6 +160,7 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
         if (record && pending) {
           head = record;
           pending.written = true;
+          pending.record = record;
         }
         return result;
       } finally {
@@ -190,7 +192,11 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       if (!atomic) {
         const outcomes: WriteOutcome[] = [];
         for (const op of ops) outcomes.push(await applyOne(secrets, op));
-        if (audit && outcomes.includes("ok")) await appendAuditEvents([audit.event]).then(() => (audit.written = true));
+        if (audit && outcomes.includes("ok")) {
+          const [record] = await appendAuditEvents([audit.event]);
+          audit.written = true;
+          if (record) audit.record = record;
+        }
         return outcomes;
       }
       // All or nothing: a multi-document transaction (replica sets have them); a failed write aborts it.
@@ -329,8 +335,8 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       const r = await tokens.updateOne({ _id: id, revokedAt: null }, { $set: { revokedAt: new Date(at) } });
       return r.matchedCount === 1;
     },
-    async appendAudit(events) {
-      await appendAuditEvents(events);
+    appendAudit(events) {
+      return appendAuditEvents(events);
     },
     async listAudit(query) {
       return (await audit.find(auditFilter(query)).sort({ at: -1, chain: -1, seq: -1 }).limit(query.limit).toArray()).map(fromMongoAudit);

@@ -266,9 +266,10 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   });
 
   /** Links an event into the chain after the last entry and stores it (inside the caller's transaction). */
-  function appendAuditRow(event: AuditEvent): void {
+  function appendAuditRow(event: AuditEvent): AuditRecord {
     const rec = chainRecord(AUDIT_CHAIN, q.auditLast.get(), event);
     q.insertAudit.run(rec);
+    return rec;
   }
 
   const feed = createFeedSignal(inMemory ? undefined : file, feedPollMs);
@@ -283,6 +284,8 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   interface PendingWrite {
     run: () => boolean;
     audit: PendingAudit | undefined;
+    /** The audit entry as stored in this write's transaction (kept only if it commits). */
+    record?: AuditRecord | undefined;
     resolve: (ok: boolean) => void;
     reject: (err: unknown) => void;
   }
@@ -290,7 +293,7 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
   /** One write and, if it succeeded, its audit entry: in one savepoint, so both land or neither. */
   const runOne = db.transaction((w: PendingWrite): boolean => {
     const ok = w.run();
-    if (ok && w.audit) appendAuditRow(w.audit.event);
+    if (ok && w.audit) w.record = appendAuditRow(w.audit.event);
     return ok;
   });
   const commitBatch = db.transaction((batch: PendingWrite[]) =>
@@ -320,7 +323,10 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       else {
         if (r.ok) {
           changed++;
-          if (w.audit) w.audit.written = true;
+          if (w.audit) {
+            w.audit.written = true;
+            if (w.record) w.audit.record = w.record;
+          }
         }
         w.resolve(r.ok);
       }
@@ -541,11 +547,13 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       });
     },
     async appendAudit(events) {
-      if (events.length === 0) return;
+      if (events.length === 0) return [];
+      let records: AuditRecord[] = [];
       await write(() => {
-        for (const e of events) appendAuditRow(e);
+        records = events.map(appendAuditRow);
         return true;
       });
+      return records;
     },
     async listAudit(query: AuditQuery) {
       const { sql, params } = auditSql(query);
