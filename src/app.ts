@@ -132,6 +132,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     trustedProxies: config.trustedProxies,
     tokens: storage,
     clock,
+    readsRequireToken: config.readsRequireToken,
   });
   const tokens = createTokenManager({ storage, clock, onRevoke: (hash) => access.forgetToken(hash) });
   let draining = false;

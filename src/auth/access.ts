@@ -43,6 +43,8 @@ export interface AccessOptions {
   readonly clock?: { now(): number };
   /** How long a looked-up token is trusted before it is read again (revocation elsewhere). Default 5000 ms. */
   readonly tokenCacheMs?: number;
+  /** Reads need a token too, not only an allowed IP (behind a sidecar, where every caller has its address). */
+  readonly readsRequireToken?: boolean;
 }
 
 /** Strips the IPv4-mapped IPv6 prefix Node reports for IPv4 peers on a dual-stack socket. */
@@ -185,7 +187,7 @@ export function createAccessControl(opts: AccessOptions): AccessControl {
         });
       }
       if (principal.kind === "anonymous") {
-        if (can(principal, action)) return;
+        if (can(principal, action) && !opts.readsRequireToken) return;
         throw new LatchkeyError("unauthenticated", "missing bearer token: send Authorization: Bearer <token>");
       }
       if (!ipAllowedFor(principal, ip)) {

@@ -111,6 +111,17 @@ export function createContext(a: Args, io: Io, env = process.env): Context {
   };
 }
 
+/** The context of a command that works on the storage directly: it has no client. */
+export function offlineContext(io: Io): Context {
+  return {
+    io,
+    json: false,
+    client: () => {
+      throw new Error("this command does not talk to a server");
+    },
+  };
+}
+
 /** Maps a failure to its exit code and prints one line for it: the server's message and request id, never a value. */
 export function reportError(err: unknown, io: Io): number {
   if (err instanceof ConnectError) {

@@ -6,7 +6,18 @@ import { stores } from "./commands/stores.js";
 import { tokens } from "./commands/tokens.js";
 import { transferCommands } from "./commands/transfer.js";
 import { vars } from "./commands/vars.js";
-import { type Command, CONNECTION_FLAGS, createContext, DEFAULT_ADDR, EXIT, EXIT_CODES_HELP, type Group, type Io, reportError } from "./context.js";
+import {
+  type Command,
+  CONNECTION_FLAGS,
+  createContext,
+  DEFAULT_ADDR,
+  EXIT,
+  EXIT_CODES_HELP,
+  type Group,
+  type Io,
+  offlineContext,
+  reportError,
+} from "./context.js";
 
 export { EXIT } from "./context.js";
 
@@ -107,7 +118,7 @@ async function execute(path: string, cmd: Command, argv: readonly string[], io: 
   }
   try {
     const a = parseArgs(argv, flagsOf(cmd), cmd.args);
-    return await cmd.run(a, cmd.offline ? { io, json: false, client: () => { throw new Error("offline command"); } } : createContext(a, io));
+    return await cmd.run(a, cmd.offline ? offlineContext(io) : createContext(a, io));
   } catch (err) {
     if (err instanceof UsageError) {
       io.stderr.write(`latchkey ${path}: ${err.message}\nRun 'latchkey ${path} --help' for usage.\n`);

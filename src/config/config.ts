@@ -43,6 +43,11 @@ export interface Config {
   readonly drainTimeoutMs: number;
   /** Mirror every audit entry to stdout as a JSON line (LATCHKEY_AUDIT_STDOUT=true). */
   readonly auditStdout: boolean;
+  /**
+   * Reads need a token as well as an allowed IP (LATCHKEY_READS_REQUIRE_TOKEN=true). Behind a sidecar every caller
+   * comes from the sidecar's address, so the IP alone tells callers apart no more.
+   */
+  readonly readsRequireToken: boolean;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
   readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
@@ -71,7 +76,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const portText = str("LATCHKEY_PORT", "8200");
   const port = Number(portText);
-  if (!/^\d+$/.test(portText) || port > 65535) problems.push(`LATCHKEY_PORT: "${portText}" is not a port number`);
+  if (!/^\d+$/.test(portText) || port > 65535) {
+    // Kubernetes sets LATCHKEY_PORT=tcp://… for a Service named "latchkey" (service links).
+    const hint = portText.startsWith("tcp://") ? " (a Kubernetes service link: set enableServiceLinks: false)" : "";
+    problems.push(`LATCHKEY_PORT: "${portText}" is not a port number${hint}`);
+  }
 
   const adminTokens = list(env.LATCHKEY_ADMIN_TOKEN);
   for (const t of adminTokens) {
@@ -169,8 +178,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const drainDelayMs = msOf("LATCHKEY_DRAIN_DELAY_MS", "0");
   const drainTimeoutMs = msOf("LATCHKEY_DRAIN_TIMEOUT_MS", "10000");
 
-  const auditText = str("LATCHKEY_AUDIT_STDOUT", "false").toLowerCase();
-  if (auditText !== "true" && auditText !== "false") problems.push("LATCHKEY_AUDIT_STDOUT: must be true or false");
+  const bool = (key: string): boolean => {
+    const text = str(key, "false").toLowerCase();
+    if (text !== "true" && text !== "false") problems.push(`${key}: must be true or false`);
+    return text === "true";
+  };
+  const auditStdout = bool("LATCHKEY_AUDIT_STDOUT");
+  const readsRequireToken = bool("LATCHKEY_READS_REQUIRE_TOKEN");
 
   const quotas = {
     global: parseLimits(env.LATCHKEY_QUOTAS, "LATCHKEY_QUOTAS", ["stores", "secrets", "versions", "vars", "bytes"], problems),
@@ -207,7 +221,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     previousMasterKeys: Object.freeze(previousMasterKeys),
     deleteRetentionSeconds,
     verifyLimits: Object.freeze({ perCaller: Number(perCallerText), perSecret: Number(perSecretText) }),
-    auditStdout: auditText === "true",
+    auditStdout,
+    readsRequireToken,
     tls,
     drainDelayMs,
     drainTimeoutMs,
