@@ -51,14 +51,18 @@ export function connectAll(baseUrl: string): AllClients {
   return clientsOn(createConnectTransport({ baseUrl, httpVersion: "1.1" }), () => {});
 }
 
-/** Call options: a bearer token (null: none), extra headers, a bounded wait, and the response's x-request-id. */
+/** Call options: a bearer token (null: none), extra headers, a bounded wait, and the response's x-request-id (in `seen`). */
 export function callOpts(token: string | null, extra: Record<string, string> = {}) {
   const seen: { requestId?: string | null } = {};
   return {
     headers: { ...(token === null ? {} : { authorization: `Bearer ${token}` }), ...extra },
     timeoutMs: CALL_TIMEOUT_MS,
     onHeader: (h: Headers) => {
-      seen.requestId = h.get("x-request-id");
+      seen.requestId ??= h.get("x-request-id");
+    },
+    // A gRPC error may come as trailers only.
+    onTrailer: (t: Headers) => {
+      seen.requestId ??= t.get("x-request-id");
     },
     seen,
   };

@@ -12,7 +12,7 @@ import {
   VersionState,
 } from "../../client/index.js";
 import { type Args, type FlagSpecs, UsageError } from "../args.js";
-import { collectPages, type Command, type Group, readValue, VALUE_FLAGS, VALUE_HELP } from "../context.js";
+import { collectPages, type Command, type Context, type Group, readValue, VALUE_FLAGS, VALUE_HELP } from "../context.js";
 import { enumLabel, enumValue, messageJson, printJson, printTable, time } from "../output.js";
 
 const STORE: FlagSpecs = { store: { arg: "S", help: 'the store (default: "default")' } };
@@ -46,7 +46,7 @@ function versionRow(v: SecretVersion): string[] {
 }
 
 /** Prints one secret's metadata (never a value): a line for people, the Secret message with --json. */
-function done(ctx: Parameters<Command["run"]>[1], secret: Secret | undefined, line: string, extra: Record<string, unknown> = {}): number {
+function done(ctx: Context, secret: Secret | undefined, line: string, extra: Record<string, unknown> = {}): number {
   if (ctx.json) printJson(ctx.io.stdout, { ...extra, secret: secret ? messageJson(SecretSchema, secret) : null });
   else ctx.io.stdout.write(`${line}\n`);
   return 0;

@@ -1,5 +1,5 @@
 import { GetUsageResponseSchema, type Store, StoreSchema } from "../../client/index.js";
-import { collectPages, type Command, type Group } from "../context.js";
+import { collectPages, type Command, type Context, type Group } from "../context.js";
 import { messageJson, printFields, printJson, printTable, time } from "../output.js";
 
 const storeRow = (s: Store) => [s.name, s.description, s.managedBy, time(s.createdAt), time(s.updatedAt)];
@@ -19,7 +19,7 @@ const list: Command = {
   },
 };
 
-function printStore(ctx: Parameters<Command["run"]>[1], s: Store | undefined): number {
+function printStore(ctx: Context, s: Store | undefined): number {
   if (!s) return 0;
   if (ctx.json) printJson(ctx.io.stdout, messageJson(StoreSchema, s));
   else {
