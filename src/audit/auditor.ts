@@ -55,9 +55,21 @@ export interface CallFacts {
  * change (see auditFor); other calls' entries are appended when they end. Entries can be mirrored as JSON lines
  * to stdout for a SIEM.
  */
+/** One audited call in progress: run its work inside it, and end it with the code the caller got. */
+export interface AuditCall {
+  /** Runs `work` as part of the call (what it touches and writes is recorded in the call's entry). */
+  within<T>(work: () => Promise<T>): Promise<T>;
+  /** Wraps a stream so the work it does while being read is part of the call too. */
+  bind<T>(messages: AsyncIterable<T>): AsyncIterable<T>;
+  /** Ends the call; only the first end counts. */
+  end(code: string): void;
+}
+
 export interface Auditor {
   /** Runs `work` as an audited call; `outcome` maps its result or error to the code the caller gets. */
   run<T>(facts: CallFacts, work: () => Promise<T>, outcome: (err: unknown) => string): Promise<T>;
+  /** Starts an audited call that ends later (a stream ends when its last message is sent). */
+  begin(facts: CallFacts): AuditCall;
   /** Runs work of the service itself (the scheduler), audited as the "system" actor. */
   system<T>(op: string, work: () => Promise<T>): Promise<T>;
   /** Appends the entries of calls that ended (what `run` does); exposed for streams that end later. */
@@ -124,15 +136,41 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
     };
   }
 
+  function begin(facts: CallFacts): AuditCall {
+    const scope: Scope = { pending: draft(facts) };
+    let ended = false;
+    return {
+      within: (work) => als.run(scope, work),
+      bind(messages) {
+        return {
+          [Symbol.asyncIterator]() {
+            const inner = messages[Symbol.asyncIterator]();
+            return {
+              next: (...args: [] | [unknown]) => als.run(scope, () => inner.next(...args)),
+              return: (value?: unknown) => als.run(scope, () => inner.return?.(value) ?? Promise.resolve({ done: true, value: undefined })),
+              throw: (e?: unknown) => als.run(scope, () => inner.throw?.(e) ?? Promise.reject(e)),
+            } as AsyncIterator<never>;
+          },
+        };
+      },
+      end(code) {
+        if (ended) return;
+        ended = true;
+        end(scope.pending, code);
+      },
+    };
+  }
+
   return {
+    begin,
     async run(facts, work, outcome) {
-      const pending = draft(facts);
+      const call = begin(facts);
       try {
-        const result = await als.run({ pending }, work);
-        end(pending, "ok");
+        const result = await call.within(work);
+        call.end("ok");
         return result;
       } catch (err) {
-        end(pending, outcome(err));
+        call.end(outcome(err));
         throw err;
       }
     },

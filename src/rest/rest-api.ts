@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import type { Auditor } from "../audit/auditor.js";
+import { type Auditor, noteTarget } from "../audit/auditor.js";
 import type { AccessControl } from "../auth/access.js";
 import { REST_POLICY } from "../auth/policy.js";
 import { type ErrorCode, invalidArgument, LatchkeyError } from "../domain/errors.js";
@@ -761,6 +761,8 @@ export function createRestApi(deps: {
           await auditor.run(
             { requestId: info.id, principal, ip: info.ip, op: route.operation },
             async () => {
+              // The entry names what the path names, even for a call refused before it ran.
+              noteTarget({ store: found.store || undefined, name: found.name || undefined });
               if (denied !== undefined) throw denied;
               await route.run(ctx);
             },
@@ -802,22 +804,15 @@ function toHttpError(err: unknown, requestId: string, logger: Logger): HttpError
       },
     };
   }
-  if (err instanceof BodyError) {
-    return { status: err.status, body: { error: err.message, code: err.code, request_id: requestId } };
-  }
   logger.error({ err, request_id: requestId }, "internal error");
   return { status: 500, body: { error: `internal error (request id ${requestId})`, code: "internal", request_id: requestId } };
 }
 
 /** A problem with the request body itself (size, JSON syntax), reported before any domain rule runs. */
-class BodyError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
+function bodyError(status: 400 | 413, message: string): LatchkeyError {
+  return status === 413
+    ? new LatchkeyError("resource_exhausted", message, { reason: "BODY_TOO_LARGE", httpStatus: 413 })
+    : new LatchkeyError("invalid_argument", message, { reason: "BAD_BODY" });
 }
 
 function decodeSegment(s: string, field: string): string {
@@ -874,22 +869,22 @@ async function readObject(
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > maxBytes) throw new BodyError(413, "resource_exhausted", `request body is larger than ${maxBytes} bytes`);
+    if (size > maxBytes) throw bodyError(413, `request body is larger than ${maxBytes} bytes`);
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString("utf8");
   if (text.trim() === "") {
     if (optional) return {};
-    throw new BodyError(400, "invalid_argument", "request body must be a JSON object");
+    throw bodyError(400, "request body must be a JSON object");
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch {
-    throw new BodyError(400, "invalid_argument", "request body is not valid JSON");
+    throw bodyError(400, "request body is not valid JSON");
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new BodyError(400, "invalid_argument", "request body must be a JSON object");
+    throw bodyError(400, "request body must be a JSON object");
   }
   for (const key of Object.keys(parsed)) {
     if (!allowed.includes(key)) {

@@ -1,5 +1,5 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
-import type { Auditor } from "../audit/auditor.js";
+import { type Auditor, noteTarget } from "../audit/auditor.js";
 import type { AccessControl } from "../auth/access.js";
 import { LatchkeyError } from "../domain/errors.js";
 import { ANONYMOUS, type Principal } from "../domain/principal.js";
@@ -14,10 +14,6 @@ export const kRequestInfo = createContextKey<RequestInfo | undefined>(undefined,
 /** Who is calling, set by the interceptor once authorized. Handlers read it with `ctx.values.get(kPrincipal)`. */
 export const kPrincipal = createContextKey<Principal>(ANONYMOUS, { description: "principal" });
 
-/**
- * The one interceptor of every RPC, on every protocol: records the procedure, enforces the access policy,
- * and maps every failure to a ConnectError whose message is safe to return, recording the outcome for the log.
- */
 /** The code name a thrown value becomes for the caller (for the audit log, before it is mapped). */
 export function outcomeCode(err: unknown): string {
   if (err instanceof LatchkeyError) return err.code;
@@ -25,6 +21,10 @@ export function outcomeCode(err: unknown): string {
   return "internal";
 }
 
+/**
+ * The one interceptor of every RPC, on every protocol: records the procedure, enforces the access policy, audits
+ * the call, and maps every failure to a ConnectError whose message is safe to return, recording the outcome.
+ */
 export function createRpcInterceptor(deps: { access: AccessControl; auditor: Auditor; logger: Logger }): Interceptor {
   const { access, auditor, logger } = deps;
   return (next) => async (req) => {
@@ -44,31 +44,52 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
     }
     req.contextValues.set(kPrincipal, principal);
     if (info) info.principal = principal;
+    // Health checks and reflection are not audited (probes would drown the log).
+    const audit = action === "public" ? undefined : auditor.begin({ requestId, principal, ip: info?.ip, op });
     try {
       const call = async () => {
-        if (denied !== undefined) throw denied;
+        if (denied !== undefined) {
+          // The entry names what the request names, even for a call refused before it ran.
+          const m = (req.stream ? {} : req.message) as { store?: unknown; name?: unknown };
+          noteTarget({
+            store: typeof m.store === "string" ? m.store || "default" : undefined,
+            name: typeof m.name === "string" && m.name !== "" ? m.name : undefined,
+          });
+          throw denied;
+        }
         return next(req);
       };
-      // Health checks and reflection are not audited (probes would drown the log).
-      const res = action === "public" ? await call() : await auditor.run({ requestId, principal, ip: info?.ip, op }, call, outcomeCode);
+      let res: Awaited<ReturnType<typeof next>>;
+      try {
+        res = audit ? await audit.within(call) : await call();
+      } catch (err) {
+        audit?.end(outcomeCode(err));
+        throw err;
+      }
       res.trailer.set("x-request-id", requestId);
       if (!res.stream) {
+        audit?.end("ok");
         if (info) info.code = "ok";
         return res;
       }
-      // A stream's outcome is known only when it ends: map its errors the same way, and record how it ended.
-      const messages = res.message;
+      // A stream's outcome is known only when it ends: map its errors the same way, and record how it ended. The
+      // stream's own work (a watch checking its store) runs inside the audited call.
+      const messages = audit ? audit.bind(res.message) : res.message;
       return {
         ...res,
         message: (async function* () {
           try {
             yield* messages;
+            audit?.end("ok");
             if (info) info.code = "ok";
           } catch (err) {
             const ce = toConnectError(err, requestId, logger);
+            audit?.end(codeName(ce.code));
             if (info) info.code = codeName(ce.code);
             // The response trailer already carries x-request-id, and the error's metadata is added to it.
             throw ce;
+          } finally {
+            audit?.end("canceled");
           }
         })(),
       };

@@ -328,6 +328,12 @@ export function createLatchkey(deps: LatchkeyDeps): Latchkey {
       // A store left half-purged by an interrupted purge stays deletable by whoever could see it.
       if (!rec || !canSee(p, { ...rec, state: "active" })) throw storeNotFound(name);
       checkScope(p, name);
+      // A purge takes every secret of the store: a token limited to some names may not do it.
+      if (p.kind === "token" && p.prefixes !== null) {
+        throw new LatchkeyError("permission_denied", "a token limited to name prefixes cannot delete a store", {
+          reason: "OUT_OF_SCOPE",
+        });
+      }
       if (name === DEFAULT_STORE) {
         throw new LatchkeyError("failed_precondition", "the default store cannot be deleted", { reason: "DEFAULT_STORE" });
       }
