@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { noteTarget } from "../audit/auditor.js";
+import { auditFor, noteTarget } from "../audit/auditor.js";
 import { tokenHash } from "../auth/access.js";
 import { isIpOrCidr } from "../config/config.js";
 import type { AuditRecord } from "../domain/audit.js";
@@ -51,8 +51,7 @@ export function createTokenManager(deps: {
         createdBy: p.kind === "token" ? p.tokenId : "",
         revokedAt: null,
       };
-      await storage.insertToken(token);
-      noteTarget({ name: token.id });
+      await storage.insertToken(token, auditFor({ name: token.id }));
       return { token, secret };
     },
     async list(input) {
@@ -64,7 +63,7 @@ export function createTokenManager(deps: {
     async revoke(id) {
       noteTarget({ name: id });
       // Revoking twice is fine; revoking a token that never existed is not.
-      await storage.revokeToken(id, clock.now());
+      await storage.revokeToken(id, clock.now(), auditFor({ name: id }));
       const token = await storage.findTokenById(id);
       if (!token) throw new LatchkeyError("not_found", `token "${id}" not found`, { reason: "TOKEN_NOT_FOUND" });
       deps.onRevoke?.(token.hash);

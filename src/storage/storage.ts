@@ -248,13 +248,13 @@ export interface Storage {
   /** Replaces a data key's wrapping if it is still wrapped by `expectedKekId` (master-key rotation). */
   rewrapDataKey(key: DataKeyRecord, expectedKekId: string): Promise<boolean>;
 
-  insertToken(token: TokenRecord): Promise<void>;
+  insertToken(token: TokenRecord, audit?: PendingAudit): Promise<void>;
   findTokenByHash(hash: string): Promise<TokenRecord | undefined>;
   findTokenById(id: string): Promise<TokenRecord | undefined>;
   /** Tokens in id order, after `after`. */
   listTokens(query: { after?: string | undefined; limit: number }): Promise<TokenRecord[]>;
   /** Marks a token revoked (once). Returns false if there is no such token or it was revoked already. */
-  revokeToken(id: string, at: number): Promise<boolean>;
+  revokeToken(id: string, at: number, audit?: PendingAudit): Promise<boolean>;
 
   /** Appends entries to the audit log, in order, linked into this process's chain; returns them as stored. */
   appendAudit(events: readonly AuditEvent[]): Promise<AuditRecord[]>;

@@ -316,8 +316,11 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
     deleteVar(store, name, audit) {
       return write(audit, async (session) => (await vars.deleteOne({ _id: varId(store, name) }, { session })).deletedCount === 1);
     },
-    async insertToken(token) {
-      await tokens.insertOne(toMongoToken(token));
+    async insertToken(token, audit) {
+      await write(audit, async (session) => {
+        await tokens.insertOne(toMongoToken(token), { session });
+        return true;
+      });
     },
     async findTokenByHash(hash) {
       const m = await tokens.findOne({ hash });
@@ -331,9 +334,11 @@ export async function createMongoStorage(opts: MongoStorageOptions): Promise<Sto
       const filter = query.after ? { _id: { $gt: query.after } } : {};
       return (await tokens.find(filter).sort({ _id: 1 }).limit(query.limit).toArray()).map(fromMongoToken);
     },
-    async revokeToken(id, at) {
-      const r = await tokens.updateOne({ _id: id, revokedAt: null }, { $set: { revokedAt: new Date(at) } });
-      return r.matchedCount === 1;
+    revokeToken(id, at, audit) {
+      return write(audit, async (session) => {
+        const r = await tokens.updateOne({ _id: id, revokedAt: null }, { $set: { revokedAt: new Date(at) } }, { session });
+        return r.matchedCount === 1;
+      });
     },
     appendAudit(events) {
       return appendAuditEvents(events);

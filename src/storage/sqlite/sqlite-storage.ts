@@ -520,11 +520,11 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     deleteVar(store, name, audit) {
       return write(() => q.deleteVar.run(store, name).changes === 1, audit);
     },
-    async insertToken(token) {
+    async insertToken(token, audit) {
       await write(() => {
         q.insertToken.run(token.id, token.hash, JSON.stringify(token));
         return true;
-      });
+      }, audit);
     },
     async findTokenByHash(hash) {
       const r = q.tokenByHash.get(hash);
@@ -537,14 +537,14 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     async listTokens(query) {
       return q.listTokens.all(query.after ?? "", query.limit).map((r) => JSON.parse(r.doc) as TokenRecord);
     },
-    revokeToken(id, at) {
+    revokeToken(id, at, audit) {
       return write(() => {
         const r = q.tokenById.get(id);
         const token = r && (JSON.parse(r.doc) as TokenRecord);
         if (!token || token.revokedAt !== null) return false;
         q.updateToken.run(JSON.stringify({ ...token, revokedAt: at }), id);
         return true;
-      });
+      }, audit);
     },
     async appendAudit(events) {
       if (events.length === 0) return [];
