@@ -32,6 +32,7 @@ import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
 import { createSecretServiceImpl } from "./rpc/secret-service.js";
 import { createStoreServiceImpl } from "./rpc/store-service.js";
 import { createVarServiceImpl } from "./rpc/var-service.js";
+import { createUnaryFastPath, type ServiceRoute } from "./rpc/unary-fast-path.js";
 import { type Clock, systemClock } from "./scheduler/clock.js";
 import { createRotationScheduler, type RotationScheduler } from "./scheduler/rotation-scheduler.js";
 import { createLatchkey, type Latchkey } from "./service/latchkey.js";
@@ -157,23 +158,38 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   });
 
   const infos = new WeakMap<object, RequestInfo>();
+  const services: ServiceRoute[] = [
+    { service: SecretService, impl: createSecretServiceImpl({ latchkey, drain: drain.signal }) },
+    { service: StoreService, impl: createStoreServiceImpl({ latchkey }) },
+    { service: VarService, impl: createVarServiceImpl({ latchkey }) },
+    { service: TokenService, impl: createTokenServiceImpl({ tokens }) },
+    { service: AuditService, impl: createAuditServiceImpl({ storage, auditor }) },
+    { service: Health, impl: createHealthImpl({ ready, services: served.map((s) => s.typeName), drain: drain.signal }) },
+    { service: ReflectionV1.ServerReflection, impl: reflection.v1 },
+    { service: ReflectionV1alpha.ServerReflection, impl: reflection.v1alpha },
+  ] as ServiceRoute[];
+  const interceptors = [createRpcInterceptor({ access, auditor, logger })];
+  // Batches carry up to 100 values of up to 64 KiB.
+  const readMaxBytes = 8 * 1024 * 1024;
+  const jsonOptions = { ignoreUnknownFields: false };
   const rpc = connectNodeAdapter({
     routes: (router) => {
-      router.service(SecretService, createSecretServiceImpl({ latchkey, drain: drain.signal }));
-      router.service(StoreService, createStoreServiceImpl({ latchkey }));
-      router.service(VarService, createVarServiceImpl({ latchkey }));
-      router.service(TokenService, createTokenServiceImpl({ tokens }));
-      router.service(AuditService, createAuditServiceImpl({ storage }));
-      router.service(Health, createHealthImpl({ ready, services: served.map((s) => s.typeName), drain: drain.signal }));
-      router.service(ReflectionV1.ServerReflection, reflection.v1);
-      router.service(ReflectionV1alpha.ServerReflection, reflection.v1alpha);
+      for (const { service, impl } of services) router.service(service, impl as never);
     },
-    interceptors: [createRpcInterceptor({ access, auditor, logger })],
+    interceptors,
     contextValues: (req) => createContextValues().set(kRequestInfo, infos.get(req)),
-    // Batches carry up to 100 values of up to 64 KiB.
-    readMaxBytes: 8 * 1024 * 1024,
-    jsonOptions: { ignoreUnknownFields: false },
+    readMaxBytes,
+    jsonOptions,
   });
+  const fastPath = config.unaryFastPath
+    ? createUnaryFastPath({
+        services,
+        interceptors,
+        readMaxBytes,
+        jsonOptions,
+        contextValues: (info) => createContextValues().set(kRequestInfo, info),
+      })
+    : undefined;
 
   const handler: RequestHandler = (req, res) => {
     const peer = req.socket?.remoteAddress;
@@ -191,11 +207,12 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       void rest.handle(req, res, info);
       return;
     }
-    infos.set(req, info);
     // Until the interceptor runs, the path names the procedure; failures before it (undecodable requests) are
     // known only by the grpc-status sent, so watch for it.
     const q = path.indexOf("?");
     info.operation = (q === -1 ? path : path.slice(0, q)).slice(1, 160);
+    if (fastPath?.(req, res, info)) return;
+    infos.set(req, info);
     instrumentRpcResponse(res, info, req);
     rpc(req, res);
   };

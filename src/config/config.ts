@@ -48,6 +48,11 @@ export interface Config {
    * comes from the sidecar's address, so the IP alone tells callers apart no more.
    */
   readonly readsRequireToken: boolean;
+  /**
+   * Answer unary gRPC and Connect calls on the lean path (LATCHKEY_UNARY_FAST_PATH, default true); false sends
+   * every call through connect-node, for comparison or as a fallback.
+   */
+  readonly unaryFastPath: boolean;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
   readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
@@ -178,13 +183,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const drainDelayMs = msOf("LATCHKEY_DRAIN_DELAY_MS", "0");
   const drainTimeoutMs = msOf("LATCHKEY_DRAIN_TIMEOUT_MS", "10000");
 
-  const bool = (key: string): boolean => {
-    const text = str(key, "false").toLowerCase();
+  const bool = (key: string, fallback = false): boolean => {
+    const text = str(key, String(fallback)).toLowerCase();
     if (text !== "true" && text !== "false") problems.push(`${key}: must be true or false`);
     return text === "true";
   };
   const auditStdout = bool("LATCHKEY_AUDIT_STDOUT");
   const readsRequireToken = bool("LATCHKEY_READS_REQUIRE_TOKEN");
+  const unaryFastPath = bool("LATCHKEY_UNARY_FAST_PATH", true);
 
   const quotas = {
     global: parseLimits(env.LATCHKEY_QUOTAS, "LATCHKEY_QUOTAS", ["stores", "secrets", "versions", "vars", "bytes"], problems),
@@ -223,6 +229,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     verifyLimits: Object.freeze({ perCaller: Number(perCallerText), perSecret: Number(perSecretText) }),
     auditStdout,
     readsRequireToken,
+    unaryFastPath,
     tls,
     drainDelayMs,
     drainTimeoutMs,

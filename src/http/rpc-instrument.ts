@@ -4,6 +4,13 @@ import { codeName } from "../rpc/errors.js";
 import type { RequestInfo } from "./request-info.js";
 import type { RequestHandler } from "./server.js";
 
+/**
+ * connect-node answers a binary message it cannot decode with internal (HTTP 500); the bytes are the caller's
+ * mistake, so they become invalid_argument, as on the unary fast path.
+ */
+const PARSE_BINARY = "parse binary: ";
+const PARSE_BINARY_GRPC = encodeURIComponent(PARSE_BINARY);
+
 type Headers = Record<string, string | string[] | number | undefined> | undefined;
 type Response = Parameters<RequestHandler>[1];
 
@@ -50,6 +57,9 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo, req?: Pa
     return writeHead.call(this, status, headers);
   };
   r.addTrailers = function (this: unknown, trailers) {
+    if (trailers?.["grpc-status"] === "13" && String(trailers["grpc-message"] ?? "").startsWith(PARSE_BINARY_GRPC)) {
+      trailers["grpc-status"] = "3";
+    }
     note(trailers);
     addTrailers.call(this, trailers);
   };
@@ -71,7 +81,11 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo, req?: Pa
     const h = held;
     held = undefined;
     if (chunk !== undefined && typeof chunk !== "function") h.chunks.push(Buffer.from(chunk as Uint8Array));
-    const text = withRequestInfo(Buffer.concat(h.chunks).toString("utf8"), info.id);
+    let text = withRequestInfo(Buffer.concat(h.chunks).toString("utf8"), info.id);
+    if (h.status === 500 && connectCode(text) === "internal" && text.includes(`"message":"${PARSE_BINARY}`)) {
+      h.status = 400;
+      text = text.replace('"code":"internal"', '"code":"invalid_argument"');
+    }
     for (const k of Object.keys(h.headers)) if (k.toLowerCase() === "content-length") delete h.headers[k];
     h.headers["content-length"] = Buffer.byteLength(text);
     if (info.code === undefined) info.code = connectCode(text);

@@ -623,6 +623,7 @@ export function createRestApi(deps: {
     GET: {
       operation: "GET /v1/audit",
       run: async ({ res, query }) => {
+        await auditor.flush();
         const page = await listAudit(deps.auditLog, {
           from: timeParam(query, "from"),
           to: timeParam(query, "to"),

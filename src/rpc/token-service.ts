@@ -1,3 +1,4 @@
+import type { Auditor } from "../audit/auditor.js";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
@@ -66,9 +67,17 @@ export function createTokenServiceImpl({ tokens }: { tokens: TokenManager }): Se
 }
 
 /** The AuditService handlers (admins only, by policy). */
-export function createAuditServiceImpl({ storage }: { storage: Pick<Storage, "listAudit"> }): ServiceImpl<typeof AuditService> {
+export function createAuditServiceImpl({
+  storage,
+  auditor,
+}: {
+  storage: Pick<Storage, "listAudit">;
+  /** Entries of calls that ended are appended within moments; a query first appends them, so it sees them all. */
+  auditor?: Pick<Auditor, "flush">;
+}): ServiceImpl<typeof AuditService> {
   return {
     async listAuditEvents(req) {
+      await auditor?.flush();
       const page = await listAudit(storage, {
         from: fromProtoTime(req.from),
         to: fromProtoTime(req.to),

@@ -38,6 +38,8 @@ export async function startTestServer(
     LATCHKEY_ADMIN_TOKEN: ADMIN_TOKEN,
     LATCHKEY_MASTER_KEY: MASTER_KEY,
     LOG_LEVEL: "debug",
+    // `LATCHKEY_UNARY_FAST_PATH=false npm test` runs the suite with every call on connect-node (see .ci/run).
+    ...(process.env.LATCHKEY_UNARY_FAST_PATH ? { LATCHKEY_UNARY_FAST_PATH: process.env.LATCHKEY_UNARY_FAST_PATH } : {}),
     ...env,
     LATCHKEY_DATA_DIR: dataDir,
   });
