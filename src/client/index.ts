@@ -54,6 +54,35 @@ export interface LatchkeyClient {
 /** Codes worth another try: the server (or the path to it) was unavailable, or the call was cut off. */
 const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Aborted, Code.Unknown]);
 
+/** Socket errors connect-node reports as INTERNAL although the connection, not the server, failed. */
+const NETWORK_ERRNOS = new Set(["EPIPE", "ECONNRESET", "ECONNREFUSED", "ETIMEDOUT"]);
+
+/**
+ * Whether a failed call is worth another try. Besides the transient codes: CANCELED when the caller did not cancel
+ * (an HTTP/2 connection closed by the peer or a proxy fails its streams with CANCEL), and INTERNAL caused by a
+ * socket error (an HTTP/1.1 request written to a connection the peer had just closed: EPIPE).
+ */
+function isTransient(err: ConnectError, signal: AbortSignal): boolean {
+  if (TRANSIENT.has(err.code)) return true;
+  if (err.code === Code.Canceled) return !signal.aborted;
+  const errno = (err.cause as { code?: unknown } | undefined)?.code;
+  return err.code === Code.Internal && typeof errno === "string" && NETWORK_ERRNOS.has(errno);
+}
+
+/** Resolves after `ms`, or as soon as `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
 /** Whether a method can be retried safely: it has no side effects, or repeating it changes nothing more. */
 export function isIdempotent(method: DescMethod): boolean {
   return (
@@ -74,9 +103,9 @@ export function retryInterceptor(retries: number, baseMs: number): Interceptor {
         return await next(req);
       } catch (err) {
         const ce = ConnectError.from(err);
-        if (attempt >= retries || !TRANSIENT.has(ce.code) || req.signal.aborted) throw err;
-        const delay = Math.random() * baseMs * 2 ** attempt;
-        await new Promise((r) => setTimeout(r, delay));
+        if (attempt >= retries || req.signal.aborted || !isTransient(ce, req.signal)) throw err;
+        // Aborted while waiting: the next attempt fails at once with the caller's reason (canceled or deadline).
+        await sleep(Math.random() * baseMs * 2 ** attempt, req.signal);
       }
     }
   };
@@ -140,8 +169,12 @@ export interface CachedSecret {
 /**
  * A read-through cache of secret values. The first read of a name fetches it; later reads are answered from
  * memory. A WatchSecrets stream drops an entry when its secret is rotated, updated, deleted or restored, so the
- * next read fetches the new value; a reset of the stream (history lost) drops everything. Values are fetched only
- * after the watch is open, so no change can slip between a fetch and the watch.
+ * next read fetches the new value; a reset of the stream (history lost) drops everything. Values are cached only
+ * once the watch has opened, so no change can slip between a fetch and the watch.
+ *
+ * Reads wait for the watch to open or to fail. Until it has opened once (the server unreachable, watching refused)
+ * and after close(), reads go to the server and nothing is cached, so errors surface instead of a hang. A watch
+ * that drops after it opened resumes where it stopped; meanwhile cached values are served.
  */
 export interface SecretCache {
   get(name: string): Promise<CachedSecret>;
@@ -149,34 +182,53 @@ export interface SecretCache {
   readonly ready: Promise<void>;
   /** How many times a cached entry was dropped because its secret changed. */
   readonly invalidations: number;
+  /** Stops the watch and empties the cache; later reads go to the server. */
   close(): void;
 }
 
 export function createSecretCache(secrets: Client<typeof SecretService>, opts: SecretCacheOptions = {}): SecretCache {
   const store = opts.store ?? "default";
   const prefix = opts.prefix ?? "";
+  const reconnectMs = opts.reconnectMs ?? 200;
   const entries = new Map<string, Promise<CachedSecret>>();
   const ac = new AbortController();
   let invalidations = 0;
+  // True from the first STARTED on: from then a resume token covers every later change, even across reconnects.
+  let watching = false;
   let markReady: () => void = () => {};
   const ready = new Promise<void>((r) => {
     markReady = r;
+  });
+  // Settles when the watch first opens or first fails, or the cache is closed: reads wait for this, not for ready.
+  let markSettled: () => void = () => {};
+  const settled = new Promise<void>((r) => {
+    markSettled = r;
   });
 
   const drop = (name: string) => {
     if (entries.delete(name)) invalidations++;
   };
 
+  const fetchSecret = (name: string): Promise<CachedSecret> =>
+    secrets.getSecret({ store, name }).then((r) => ({
+      value: r.value,
+      binaryValue: r.binaryValue,
+      version: r.version?.version ?? 0,
+    }));
+
   async function watch(): Promise<void> {
     let resumeToken = "";
-    let backoff = opts.reconnectMs ?? 200;
+    let backoff = reconnectMs;
     while (!ac.signal.aborted) {
       try {
         for await (const ev of secrets.watchSecrets({ store, namePrefix: prefix, resumeToken }, { signal: ac.signal })) {
           resumeToken = ev.resumeToken;
-          backoff = opts.reconnectMs ?? 200;
-          if (ev.type === SecretEventType.STARTED) markReady();
-          else if (ev.type === SecretEventType.RESET) {
+          backoff = reconnectMs;
+          if (ev.type === SecretEventType.STARTED) {
+            watching = true;
+            markReady();
+            markSettled();
+          } else if (ev.type === SecretEventType.RESET) {
             invalidations += entries.size;
             entries.clear();
           } else if (ev.name) drop(ev.name);
@@ -185,8 +237,9 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
         if (ac.signal.aborted) return;
         opts.onError?.(err);
       }
+      markSettled();
       // Disconnected: whatever changed meanwhile arrives on resume; wait a little before reconnecting.
-      await new Promise((r) => setTimeout(r, backoff));
+      await sleep(backoff, ac.signal);
       backoff = Math.min(backoff * 2, 10_000);
     }
   }
@@ -199,21 +252,24 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
     },
     async get(name) {
       if (!name.startsWith(prefix)) throw new ConnectError(`"${name}" is outside this cache's prefix "${prefix}"`, Code.InvalidArgument);
-      await ready;
+      await settled;
+      if (!watching || ac.signal.aborted) return fetchSecret(name);
       let entry = entries.get(name);
       if (!entry) {
-        entry = secrets.getSecret({ store, name }).then((r) => ({
-          value: r.value,
-          binaryValue: r.binaryValue,
-          version: r.version?.version ?? 0,
-        }));
-        entries.set(name, entry);
-        entry.catch(() => entries.delete(name));
+        const fetched = fetchSecret(name);
+        entries.set(name, fetched);
+        // Forget a failed read, unless a change has already replaced it with a newer one.
+        fetched.catch(() => {
+          if (entries.get(name) === fetched) entries.delete(name);
+        });
+        entry = fetched;
       }
       return entry;
     },
     close() {
       ac.abort();
+      entries.clear();
+      markSettled();
     },
   };
 }
