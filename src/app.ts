@@ -25,7 +25,7 @@ import { createEnvelope, type MasterKey, masterKeyFrom } from "./crypto/envelope
 import { DEFAULT_STORE } from "./domain/secret.js";
 import { type RequestInfo, requestIdFrom } from "./http/request-info.js";
 import { instrumentRpcResponse } from "./http/rpc-instrument.js";
-import { createDualServer, createTlsServer, type RequestHandler } from "./http/server.js";
+import { createDualServer, createTlsServer, type DualServer, type RequestHandler } from "./http/server.js";
 import { createLogger, type Logger } from "./log/logger.js";
 import { createRestApi } from "./rest/rest-api.js";
 import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
@@ -145,7 +145,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     return true;
   };
   const served = [SecretService, StoreService, VarService, TokenService, AuditService];
-  const reflection = createReflection([...served, Health, ReflectionV1.ServerReflection]);
+  const reflection = createReflection([...served, Health, ReflectionV1.ServerReflection, ReflectionV1alpha.ServerReflection]);
   const rest = createRestApi({
     metrics,
     latchkey,
@@ -201,7 +201,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       ip: access.clientIp(peer, Array.isArray(forwarded) ? forwarded.join(",") : forwarded),
     };
     res.setHeader("x-request-id", info.id);
-    res.once("close", () => logRequest(logger, metrics, info, req.method, res.statusCode));
+    res.once("close", () => {
+      // Closed before the response was complete: the client went away (or the call was cut off at shutdown).
+      if (info.code === undefined && !res.writableFinished) info.code = "canceled";
+      logRequest(logger, metrics, info, req.method, res.statusCode);
+    });
     const path = req.url ?? "/";
     if (rest.handles(path)) {
       void rest.handle(req, res, info);
@@ -217,11 +221,15 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     rpc(req, res);
   };
 
-  const server = config.tls ? createTlsServer(handler, config.tls) : createDualServer(handler);
-  const bound = await server.listen(config.port, config.host).catch(async (err) => {
+  let server: DualServer;
+  let bound: { port: number; host: string };
+  try {
+    server = config.tls ? createTlsServer(handler, config.tls) : createDualServer(handler);
+    bound = await server.listen(config.port, config.host);
+  } catch (err) {
     await storage.close();
     throw err;
-  });
+  }
   await scheduler.start();
   const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
 

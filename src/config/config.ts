@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { resolve } from "node:path";
+import { createSecureContext } from "node:tls";
 import type { Limits, UsageDimension } from "../domain/usage.js";
 
 /** Config is everything Latchkey reads from its environment, validated once at start. */
@@ -175,6 +176,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if (clientCa !== undefined && cert === undefined) problems.push("LATCHKEY_TLS_CLIENT_CA: needs LATCHKEY_TLS_CERT and LATCHKEY_TLS_KEY");
   const tls = cert && tlsKey ? { cert, key: tlsKey, clientCa } : undefined;
+  if (tls) {
+    // Load them now, so a file that is not a certificate, or a key that does not match it, is a configuration
+    // error naming the variables rather than a failure at listen time.
+    try {
+      createSecureContext({ cert: tls.cert, key: tls.key });
+    } catch (err) {
+      problems.push(`LATCHKEY_TLS_CERT/LATCHKEY_TLS_KEY: not a usable PEM certificate and matching key (${tlsReason(err)})`);
+    }
+    if (tls.clientCa) {
+      try {
+        createSecureContext({ ca: tls.clientCa });
+        if (!tls.clientCa.toString("latin1").includes("-----BEGIN CERTIFICATE-----")) throw new Error("no certificate");
+      } catch (err) {
+        problems.push(`LATCHKEY_TLS_CLIENT_CA: not a PEM CA certificate (${tlsReason(err)})`);
+      }
+    }
+  }
   const msOf = (key: string, fallback: string): number => {
     const text = str(key, fallback);
     if (!/^\d{1,7}$/.test(text)) problems.push(`${key}: "${text}" must be a whole number of milliseconds`);
@@ -271,4 +289,10 @@ export function isIpOrCidr(s: string): boolean {
   if (bits === undefined) return true;
   if (!/^\d{1,3}$/.test(bits)) return false;
   return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+/** OpenSSL's reason without its error-code prefix ("error:0480006C:PEM routines::no start line" -> "no start line"). */
+function tlsReason(err: unknown): string {
+  const m = err instanceof Error ? err.message : String(err);
+  return m.replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, "").trim() || m;
 }

@@ -39,10 +39,14 @@ export function instrumentRpcResponse(res: Response, info: RequestInfo, req?: Pa
 
   r.writeHead = function (this: unknown, status, headers) {
     if (held || notModified) return this; // connect-node writes the head again when it thinks none was sent
+    // A GET answer may hold a secret value: no shared cache may keep it (REST answers say the same).
+    if (req?.method === "GET" && typeof headers === "object") headers["cache-control"] = "no-store";
     if (ifNoneMatch && status === 200 && typeof headers === "object" && etagMatches(ifNoneMatch, headers.etag)) {
       notModified = true;
       if (info.code === undefined) info.code = "not_modified";
-      const kept = Object.fromEntries(Object.entries(headers).filter(([k]) => k === "etag" || k === "x-request-id"));
+      const kept = Object.fromEntries(
+        Object.entries(headers).filter(([k]) => k === "etag" || k === "x-request-id" || k === "cache-control"),
+      );
       return writeHead.call(this, 304, kept);
     }
     if (typeof headers === "object") {

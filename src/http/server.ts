@@ -130,6 +130,12 @@ export interface TlsOptions {
  * a connection without a valid client certificate is refused during the handshake (mutual TLS).
  */
 export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualServer {
+  /** HTTP/1.1 connections (ALPN chose http/1.1) and how many requests each has in flight. */
+  const h1Busy = new Map<net.Socket, number>();
+  let closing = false;
+  const endIfIdle = (socket: net.Socket) => {
+    if (closing && h1Busy.get(socket) === 0) socket.end();
+  };
   const server = http2.createSecureServer(
     {
       cert: tls.cert,
@@ -139,13 +145,29 @@ export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualS
       handshakeTimeout: FIRST_BYTES_TIMEOUT_MS,
       ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
     },
-    handler,
+    (req, res) => {
+      const socket = req.httpVersionMajor === 1 ? (req.socket as net.Socket) : undefined;
+      if (socket && h1Busy.has(socket)) {
+        h1Busy.set(socket, (h1Busy.get(socket) ?? 0) + 1);
+        if (closing) res.setHeader("connection", "close");
+        res.once("close", () => {
+          if (!h1Busy.has(socket)) return;
+          h1Busy.set(socket, (h1Busy.get(socket) ?? 1) - 1);
+          endIfIdle(socket);
+        });
+      }
+      handler(req, res);
+    },
   );
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
-  server.on("secureConnection", (socket: net.Socket) => {
+  server.on("secureConnection", (socket: net.Socket & { alpnProtocol?: string | false }) => {
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    if (socket.alpnProtocol !== "h2") h1Busy.set(socket, 0);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      h1Busy.delete(socket);
+    });
   });
   server.on("session", (s) => {
     sessions.add(s);
@@ -166,20 +188,19 @@ export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualS
       });
     },
     async close(graceMs) {
+      closing = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // HTTP/2 sessions get GOAWAY and finish their streams; HTTP/1.1 connections end once their request is done
+      // (idle ones now); whatever is left when the grace period is over is destroyed.
       for (const s of sessions) s.close();
-      // HTTP/1.1 sockets (no session): end the idle ones now, the busy ones once the grace period is over.
+      for (const socket of h1Busy.keys()) endIfIdle(socket);
       const force = setTimeout(() => {
         for (const s of sessions) s.destroy();
         for (const s of sockets) s.destroy();
       }, graceMs);
-      const idle = setInterval(() => {
-        for (const s of sockets) if (!sessionOf(s, sessions)) s.end();
-      }, 100);
       try {
         await closed;
       } finally {
-        clearInterval(idle);
         clearTimeout(force);
       }
     },
@@ -187,9 +208,4 @@ export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualS
       return sockets.size;
     },
   };
-}
-
-function sessionOf(socket: net.Socket, sessions: Set<http2.ServerHttp2Session>): boolean {
-  for (const s of sessions) if ((s.socket as unknown) === socket) return true;
-  return false;
 }

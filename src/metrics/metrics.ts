@@ -21,7 +21,8 @@ export interface Metrics {
 
 export function createMetrics(opts: { knownOps: ReadonlySet<string> }): Metrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "latchkey_process_" });
+  // Standard names (process_*, nodejs_*), as dashboards and alerts for Node services expect them.
+  collectDefaultMetrics({ register: registry });
   const requests = new Counter({
     name: "latchkey_requests_total",
     help: "Requests handled, by operation and result code.",

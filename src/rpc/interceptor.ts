@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+import { toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { type Auditor, noteTarget } from "../audit/auditor.js";
 import type { AccessControl } from "../auth/access.js";
@@ -67,6 +69,11 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
         throw err;
       }
       res.trailer.set("x-request-id", requestId);
+      // A read served over Connect GET (polling) gets an ETag even where the handler sets none, from the bytes of
+      // the answer, so a poller's If-None-Match gets a bodiless 304 while nothing changed.
+      if (!res.stream && req.requestMethod === "GET" && !res.header.has("etag")) {
+        res.header.set("etag", contentTag(toBinary(res.method.output, res.message)));
+      }
       if (!res.stream) {
         audit?.end("ok");
         if (info) info.code = "ok";
@@ -80,8 +87,10 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
         message: (async function* () {
           try {
             yield* messages;
-            audit?.end("ok");
-            if (info) info.code = "ok";
+            // A stream the client cancelled ends quietly here (the handler sees its signal); record it as such.
+            const code = req.signal.aborted ? "canceled" : "ok";
+            audit?.end(code);
+            if (info) info.code = code;
           } catch (err) {
             const ce = toConnectError(err, requestId, logger);
             audit?.end(codeName(ce.code));
@@ -100,4 +109,9 @@ export function createRpcInterceptor(deps: { access: AccessControl; auditor: Aud
       throw ce;
     }
   };
+}
+
+/** A strong ETag naming exactly these bytes. */
+export function contentTag(bytes: Uint8Array): string {
+  return `"h${createHash("sha256").update(bytes).digest("base64url").slice(0, 27)}"`;
 }

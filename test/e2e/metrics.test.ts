@@ -329,7 +329,6 @@ describe("/metrics", () => {
 
   it(
     "names the process metrics as dashboards expect: process_*/nodejs_*, or latchkey_process_*, not latchkey_process_process_*",
-    { todo: "createMetrics passes prefix 'latchkey_process_' to collectDefaultMetrics, whose names already start with process_/nodejs_" },
     async () => {
       const names = [...(await scrape()).types.keys()];
       const rss = names.filter((n) => n.endsWith("resident_memory_bytes"));
