@@ -154,10 +154,15 @@ export interface SecretCacheOptions {
   readonly store?: string;
   /** Only secrets under this name prefix are watched (and may be cached). */
   readonly prefix?: string;
-  /** Told of watch failures (the cache keeps serving and reconnects). */
+  /** Told of watch failures (the cache reconnects by itself). */
   readonly onError?: (err: unknown) => void;
   /** Delay before reconnecting a failed watch; doubles up to 10 s. Default 200 ms. */
   readonly reconnectMs?: number;
+  /**
+   * While the watch is down, reads go to the server; if the server cannot be reached either, a value cached at
+   * most this long ago is served rather than failing the read. Default 300000 (5 minutes); 0 never serves one.
+   */
+  readonly maxStaleMs?: number;
 }
 
 export interface CachedSecret {
@@ -173,8 +178,10 @@ export interface CachedSecret {
  * once the watch has opened, so no change can slip between a fetch and the watch.
  *
  * Reads wait for the watch to open or to fail. Until it has opened once (the server unreachable, watching refused)
- * and after close(), reads go to the server and nothing is cached, so errors surface instead of a hang. A watch
- * that drops after it opened resumes where it stopped; meanwhile cached values are served.
+ * and after close(), reads go to the server and nothing is cached, so errors surface instead of a hang. While a
+ * watch that had opened is down, reads go to the server too (nothing would tell the cache of a change); only when
+ * the server cannot be reached is a cached value served, if it is recent enough (maxStaleMs). The watch resumes
+ * where it stopped, so what changed meanwhile still drops its entry.
  */
 export interface SecretCache {
   get(name: string): Promise<CachedSecret>;
@@ -186,15 +193,25 @@ export interface SecretCache {
   close(): void;
 }
 
+interface Entry {
+  readonly fetched: Promise<CachedSecret>;
+  /** Once fetched: the value and when it was fetched. */
+  value?: CachedSecret;
+  at?: number;
+}
+
 export function createSecretCache(secrets: Client<typeof SecretService>, opts: SecretCacheOptions = {}): SecretCache {
   const store = opts.store ?? "default";
   const prefix = opts.prefix ?? "";
   const reconnectMs = opts.reconnectMs ?? 200;
-  const entries = new Map<string, Promise<CachedSecret>>();
+  const maxStaleMs = opts.maxStaleMs ?? 300_000;
+  const entries = new Map<string, Entry>();
   const ac = new AbortController();
   let invalidations = 0;
   // True from the first STARTED on: from then a resume token covers every later change, even across reconnects.
   let watching = false;
+  // True while the watch stream is open.
+  let connected = false;
   let markReady: () => void = () => {};
   const ready = new Promise<void>((r) => {
     markReady = r;
@@ -216,16 +233,34 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
       version: r.version?.version ?? 0,
     }));
 
+  /** Fetches a name into the cache; a failed fetch leaves no entry (unless a newer one replaced it). */
+  function load(name: string): Entry {
+    const entry: Entry = { fetched: fetchSecret(name) };
+    entries.set(name, entry);
+    entry.fetched.then(
+      (value) => {
+        entry.value = value;
+        entry.at = Date.now();
+      },
+      () => {
+        if (entries.get(name) === entry) entries.delete(name);
+      },
+    );
+    return entry;
+  }
+
   async function watch(): Promise<void> {
     let resumeToken = "";
     let backoff = reconnectMs;
     while (!ac.signal.aborted) {
       try {
         for await (const ev of secrets.watchSecrets({ store, namePrefix: prefix, resumeToken }, { signal: ac.signal })) {
-          resumeToken = ev.resumeToken;
+          // Keep the last position the server gave (a RESET may carry none).
+          if (ev.resumeToken) resumeToken = ev.resumeToken;
           backoff = reconnectMs;
           if (ev.type === SecretEventType.STARTED) {
             watching = true;
+            connected = true;
             markReady();
             markSettled();
           } else if (ev.type === SecretEventType.RESET) {
@@ -237,6 +272,7 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
         if (ac.signal.aborted) return;
         opts.onError?.(err);
       }
+      connected = false;
       markSettled();
       // Disconnected: whatever changed meanwhile arrives on resume; wait a little before reconnecting.
       await sleep(backoff, ac.signal);
@@ -244,6 +280,22 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
     }
   }
   void watch();
+
+  /** A read while the watch is down: the server's answer, else (server unreachable) a recent cached value. */
+  async function readThrough(name: string): Promise<CachedSecret> {
+    const old = entries.get(name);
+    const entry = load(name);
+    try {
+      return await entry.fetched;
+    } catch (err) {
+      const unreachable = err instanceof ConnectError && isTransient(err, ac.signal);
+      if (unreachable && old?.value && old.at !== undefined && Date.now() - old.at <= maxStaleMs && !entries.has(name)) {
+        entries.set(name, old);
+        return old.value;
+      }
+      throw err;
+    }
+  }
 
   return {
     ready,
@@ -254,17 +306,8 @@ export function createSecretCache(secrets: Client<typeof SecretService>, opts: S
       if (!name.startsWith(prefix)) throw new ConnectError(`"${name}" is outside this cache's prefix "${prefix}"`, Code.InvalidArgument);
       await settled;
       if (!watching || ac.signal.aborted) return fetchSecret(name);
-      let entry = entries.get(name);
-      if (!entry) {
-        const fetched = fetchSecret(name);
-        entries.set(name, fetched);
-        // Forget a failed read, unless a change has already replaced it with a newer one.
-        fetched.catch(() => {
-          if (entries.get(name) === fetched) entries.delete(name);
-        });
-        entry = fetched;
-      }
-      return entry;
+      if (!connected) return readThrough(name);
+      return (entries.get(name) ?? load(name)).fetched;
     },
     close() {
       ac.abort();

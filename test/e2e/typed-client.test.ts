@@ -664,3 +664,53 @@ describe("examples/", () => {
     if (watch) assert.match(watch.out, /CREATED .*\n.*ROTATED/, "the watch example printed the demo's events");
   });
 });
+
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("typed client: the cache while its watch is down", () => {
+  let s: TestServer | undefined;
+  let proxy: FaultProxy | undefined;
+  const caches: SecretCache[] = [];
+  let dataDir = "";
+  after(async () => {
+    for (const c of caches) c.close();
+    await proxy?.close();
+    await s?.stop();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it("reads go to the server while the watch reconnects, so a change made meanwhile is never hidden", async () => {
+    s = await startTestServer({}, {}, { keepDataDir: true });
+    dataDir = s.dataDir;
+    const port = s.port;
+    const admin = () => createLatchkeyClient({ baseUrl: `http://127.0.0.1:${port}`, token: ADMIN_TOKEN });
+    const v1 = await admin().secrets.storeSecret({ name: "down/key", kind: SecretKind.AUTOMATIC }, CALL);
+    const errors: unknown[] = [];
+    // A long reconnect delay: after the restart the server answers, but the watch is not back for a while.
+    const cache = admin().cache({ prefix: "down/", reconnectMs: 30_000, onError: (e) => errors.push(e) });
+    caches.push(cache);
+    assert.equal((await within(cache.get("down/key"), 3_000, "first read")).value, v1.value);
+
+    await s.stop();
+    await eventually(() => errors.length >= 1, 3_000, "the watch to fail");
+    s = await startTestServer({ LATCHKEY_PORT: String(port), LATCHKEY_DATA_DIR: dataDir });
+    const v2 = await admin().secrets.rotateSecret({ name: "down/key" }, CALL);
+    assert.equal((await within(cache.get("down/key"), 3_000, "read while the watch is down")).value, v2.value);
+  });
+
+  it("with the server unreachable too, a value older than maxStaleMs is not served", async () => {
+    assert.ok(s);
+    proxy = await startFaultProxy(s.port);
+    const client = createLatchkeyClient({ baseUrl: proxy.url, token: ADMIN_TOKEN, retries: 0 });
+    const fresh = client.cache({ prefix: "down/", reconnectMs: 50 });
+    const strict = client.cache({ prefix: "down/", reconnectMs: 50, maxStaleMs: 0 });
+    caches.push(fresh, strict);
+    const before = (await within(fresh.get("down/key"), 3_000, "read")).value;
+    await within(strict.get("down/key"), 3_000, "read");
+    proxy.block();
+    await new Promise((r) => setTimeout(r, 200)); // the watches notice and reconnect (to a blocked proxy)
+    assert.equal((await within(fresh.get("down/key"), 3_000, "stale read")).value, before, "recent enough: served");
+    await fails(within(strict.get("down/key"), 3_000, "strict read"), BROKEN, "maxStaleMs 0: the read fails");
+    proxy.unblock();
+  });
+});
