@@ -20,6 +20,10 @@ interface Scope {
 
 const als = new AsyncLocalStorage<Scope>();
 
+/** How long an entry of a call that changed nothing may wait to be appended with others, and how many may wait. */
+const FLUSH_DELAY_MS = 10;
+const FLUSH_BATCH = 512;
+
 /**
  * The audit entry of the call in progress, with what it touches filled in: pass it to the storage write that
  * makes the call's change, so the entry is appended in the same transaction. Undefined outside an audited call.
@@ -83,6 +87,8 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
 
   /** Appends what ended since the last append, in one write. */
   function flush(): Promise<void> {
+    clearTimeout(timer);
+    timer = undefined;
     if (flushing) return flushing.then(flush);
     if (queue.length === 0) return Promise.resolve();
     const batch = queue;
@@ -112,7 +118,26 @@ export function createAuditor(deps: { storage: Pick<Storage, "appendAudit">; log
     e.code = code;
     e.at = Date.now();
     queue.push({ ...e });
-    void flush();
+    schedule();
+  }
+
+  /**
+   * Entries of calls that changed nothing (reads, refusals) are appended a few milliseconds after they end, many
+   * per write: one commit (and fsync) per call would cost reads more than the read itself. A query of the log, a
+   * shutdown and a full batch flush at once.
+   */
+  let timer: NodeJS.Timeout | undefined;
+  function schedule(): void {
+    if (queue.length >= FLUSH_BATCH) {
+      clearTimeout(timer);
+      timer = undefined;
+      void flush();
+    } else {
+      timer ??= setTimeout(() => {
+        timer = undefined;
+        void flush();
+      }, FLUSH_DELAY_MS);
+    }
   }
 
   function draft(facts: CallFacts): DraftAudit {

@@ -284,8 +284,8 @@ describe("mirror", () => {
     await a.system("scheduler/rotate", () => storage.replaceSecret(appendVersion(d, "v1.k.two", T0 + 1, 10), d.revision, auditFor({ store: "default", name: "auto", version: 2 })));
     await a.system("scheduler/rotate", async () => false);
 
-    const logged = auditLines();
     const stored = await entries(a);
+    const logged = auditLines();
     assert.equal(logged.length, 3, "one line per entry; none for system work that wrote nothing");
     // Lines are written once entries are stored (a call's entry may be stored after the next call's write).
     assert.deepEqual(
@@ -353,5 +353,35 @@ describe("mirror", () => {
     await a.flush();
     assert.deepEqual(auditLines(), []);
     assert.equal((await entries()).length, 1, "the entry is still stored");
+  });
+});
+
+describe("batching entries of calls that change nothing", () => {
+  it("appends many reads' entries in one write, soon after they end, without being asked", async () => {
+    const batches: number[] = [];
+    const counting = { appendAudit: (events: readonly AuditEvent[]) => (batches.push(events.length), storage.appendAudit(events)) };
+    const a = createAuditor({ storage: counting, logger, mirror: false });
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        a.run({ requestId: `req-b${i}`, principal: WRITER, ip: "10.0.0.1", op: "GetSecret" }, async () => noteTarget({ name: `n${i}` }), outcome),
+      ),
+    );
+    assert.deepEqual(batches, [], "nothing appended the moment the calls end");
+    const deadline = Date.now() + 5_000;
+    while (batches.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(batches, [50], "one write for all of them");
+    const names = (await entries()).filter((e) => e.requestId.startsWith("req-b")).map((e) => e.name);
+    assert.equal(names.length, 50);
+  });
+
+  it("a full batch is appended at once", async () => {
+    const batches: number[] = [];
+    const counting = { appendAudit: (events: readonly AuditEvent[]) => (batches.push(events.length), storage.appendAudit(events)) };
+    const a = createAuditor({ storage: counting, logger, mirror: false });
+    for (let i = 0; i < 512; i++) {
+      await a.run({ requestId: `req-f${i}`, principal: WRITER, ip: "10.0.0.1", op: "GetSecret" }, async () => undefined, outcome);
+    }
+    assert.deepEqual(batches, [512]);
+    await a.flush();
   });
 });
