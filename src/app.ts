@@ -32,7 +32,7 @@ import { createRpcInterceptor, kRequestInfo } from "./rpc/interceptor.js";
 import { createSecretServiceImpl } from "./rpc/secret-service.js";
 import { createStoreServiceImpl } from "./rpc/store-service.js";
 import { createVarServiceImpl } from "./rpc/var-service.js";
-import { createUnaryFastPath, type ServiceRoute } from "./rpc/unary-fast-path.js";
+import { createUnaryFastPath, dropUnholdableTimeout, type ServiceRoute } from "./rpc/unary-fast-path.js";
 import { type Clock, systemClock } from "./scheduler/clock.js";
 import { createRotationScheduler, type RotationScheduler } from "./scheduler/rotation-scheduler.js";
 import { createLatchkey, type Latchkey } from "./service/latchkey.js";
@@ -216,6 +216,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const q = path.indexOf("?");
     info.operation = (q === -1 ? path : path.slice(0, q)).slice(1, 160);
     if (fastPath?.(req, res, info)) return;
+    dropUnholdableTimeout(req.headers);
     infos.set(req, info);
     instrumentRpcResponse(res, info, req);
     rpc(req, res);

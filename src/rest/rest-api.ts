@@ -857,6 +857,76 @@ function writeChunk(res: HttpResponse, chunk: string): void {
 }
 
 /**
+ * Reads a request body of at most `maxBytes`. A larger one is refused at once, and the rest of it is read and
+ * discarded, so the connection stays usable: a keep-alive client's next request is answered, not left behind
+ * unread bytes. A body the client abandons midway fails as a bad body, never as an internal error.
+ */
+function readBody(req: HttpRequest, maxBytes: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const tooLarge = () => bodyError(413, `request body is larger than ${maxBytes} bytes`);
+    if (req.destroyed) {
+      reject(bodyError(400, "request body ended early: the client went away"));
+      return;
+    }
+    const declared = Number(headerValue(req.headers["content-length"]) ?? -1);
+    if (declared > maxBytes) {
+      req.resume();
+      reject(tooLarge());
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const settle = (err: LatchkeyError | undefined) => {
+      if (settled) return;
+      settled = true;
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onAbort);
+      req.off("close", onAbort);
+      if (err === undefined) resolve(Buffer.concat(chunks, size));
+      else {
+        req.resume();
+        reject(err);
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) settle(tooLarge());
+      else chunks.push(chunk);
+    };
+    const onEnd = () => settle(undefined);
+    const onAbort = () => settle(bodyError(400, "request body ended early: the client went away"));
+    req.on("data", onData);
+    req.once("end", onEnd);
+    req.once("error", onAbort);
+    req.once("close", onAbort);
+  });
+}
+
+/** Whether a parsed JSON value holds a string (or key) with an unpaired UTF-16 surrogate. Iterative: any depth. */
+function hasLoneSurrogate(value: unknown): boolean {
+  const pending: unknown[] = [value];
+  while (pending.length > 0) {
+    const v = pending.pop();
+    if (typeof v === "string") {
+      if (LONE_SURROGATE.test(v)) return true;
+    } else if (Array.isArray(v)) {
+      for (const x of v) pending.push(x);
+    } else if (typeof v === "object" && v !== null) {
+      for (const [k, x] of Object.entries(v)) {
+        if (LONE_SURROGATE.test(k)) return true;
+        pending.push(x);
+      }
+    }
+  }
+  return false;
+}
+
+/** With the u flag, surrogate pairs are one code point: only unpaired halves are of category Cs. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
  * Reads a JSON object body of at most MAX_BODY bytes, whatever the content type (curl -d sends a form type).
  * Fields other than `allowed` are rejected, so a misspelt field is an error rather than silently ignored.
  */
@@ -866,14 +936,7 @@ async function readObject(
   optional = false,
   maxBytes = MAX_BODY,
 ): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > maxBytes) throw bodyError(413, `request body is larger than ${maxBytes} bytes`);
-    chunks.push(chunk);
-  }
-  const text = Buffer.concat(chunks).toString("utf8");
+  const text = (await readBody(req, maxBytes)).toString("utf8");
   if (text.trim() === "") {
     if (optional) return {};
     throw bodyError(400, "request body must be a JSON object");
@@ -883,6 +946,11 @@ async function readObject(
     parsed = JSON.parse(text);
   } catch {
     throw bodyError(400, "request body is not valid JSON");
+  }
+  if (hasLoneSurrogate(parsed)) {
+    // Such a string cannot be stored as UTF-8: values would be sealed as U+FFFD and verify any other lone
+    // surrogate. The RPCs refuse the same text ("invalid UTF8"); so does REST.
+    throw bodyError(400, "request body is not valid Unicode: a \\u escape names half of a surrogate pair");
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
     throw bodyError(400, "request body must be a JSON object");

@@ -177,13 +177,27 @@ function timeoutOf(req: Request, wire: Wire): number | undefined | false {
     const m = typeof v === "string" ? /^(\d{1,8})([HMSmun])$/.exec(v) : null;
     if (m === null) return false;
     const ms = Number(m[1]) * GRPC_UNITS[m[2] as keyof typeof GRPC_UNITS];
-    return ms > MAX_TIMEOUT_MS ? false : ms;
+    return ms > MAX_TIMEOUT_MS ? undefined : ms;
   }
   const v = req.headers["connect-timeout-ms"];
   if (v === undefined) return undefined;
   if (typeof v !== "string" || !/^\d{1,10}$/.test(v)) return false;
   const ms = Number(v);
-  return ms > MAX_TIMEOUT_MS ? false : ms;
+  return ms > MAX_TIMEOUT_MS ? undefined : ms;
+}
+
+/**
+ * Drops a timeout header longer than a timer can hold (about 24.8 days; gRPC allows 99999999H). connect-node would
+ * pass it to setTimeout, which fires such a timer at once: a call with a deadline years away failed as
+ * deadline_exceeded. A deadline that far off is no deadline.
+ */
+export function dropUnholdableTimeout(headers: Record<string, string | string[] | undefined>): void {
+  for (const name of ["grpc-timeout", "connect-timeout-ms"] as const) {
+    const v = headers[name];
+    if (typeof v !== "string") continue;
+    const ms = timeoutOf({ headers } as Request, name === "grpc-timeout" ? "grpc" : "json");
+    if (ms === undefined) delete headers[name];
+  }
 }
 
 const GRPC_UNITS = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };

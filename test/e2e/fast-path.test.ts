@@ -255,6 +255,40 @@ describe("the unary fast path answers as connect-node does", () => {
     assert.equal(c.status, 200);
   });
 
+  it("takes a deadline too far off for a timer (99999999H) as no deadline, on both paths and on streams", async () => {
+    const path = `/${SecretService.typeName}/GetSecret`;
+    for (const srv of [fast, stock]) {
+      const r = await h2call(srv.url, path, { "content-type": "application/grpc", te: "trailers", "grpc-timeout": "99999999H" }, frame(get("db/password")));
+      assert.equal(r.trailers["grpc-status"], "0", String(r.trailers["grpc-message"]));
+      const c = await h1call(srv.url, path, { "content-type": "application/json", "connect-timeout-ms": "9999999999" }, Buffer.from('{"name":"db/password"}'));
+      assert.equal(c.status, 200);
+      // A watch with such a deadline stays open (setTimeout would have fired at once: 1 ms).
+      for (const timeout of ["99999999H", "720H"]) {
+        const session = http2.connect(srv.url);
+        try {
+          const st = session.request({
+            ":method": "POST",
+            ":path": `/${SecretService.typeName}/WatchSecrets`,
+            "content-type": "application/grpc",
+            te: "trailers",
+            "grpc-timeout": timeout,
+          });
+          let trailers: http2.IncomingHttpHeaders | undefined;
+          st.on("trailers", (t) => (trailers = t));
+          st.on("response", (h) => (trailers ??= h["grpc-status"] !== undefined ? h : undefined));
+          const firstData = new Promise((resolve) => st.once("data", resolve));
+          st.end(frame(new Uint8Array(0)));
+          await firstData;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          assert.equal(trailers, undefined, `watch with grpc-timeout ${timeout} ended: ${JSON.stringify(trailers)}`);
+          st.close();
+        } finally {
+          session.destroy();
+        }
+      }
+    }
+  });
+
   it("logs fast-path calls like any other: operation, code, request id", async () => {
     const before = fast.logs.length;
     await h2call(fast.url, `/${SecretService.typeName}/GetSecret`, { "content-type": "application/grpc", te: "trailers" }, frame(get("nope")));
