@@ -52,10 +52,11 @@ export function percentile(sorted: number[], p: number): number {
 const RESULTS_DIR = join("bench", "results");
 
 /** Writes one benchmark's figures and rebuilds bench/RESULTS.md from every result on file. */
-export function writeResult(name: string, r: { title: string; command: string; lines: string[] }): void {
+export function writeResult(name: string, r: { title: string; command: string; lines: string[]; markdown?: boolean }): void {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const when = new Date().toISOString();
-  const body = [`## ${r.title}`, "", `Run ${when}: \`${r.command}\``, "", ...r.lines.map((l) => `- ${l}`), ""].join("\n");
+  const lines = r.markdown ? r.lines : r.lines.map((l) => `- ${l}`);
+  const body = [`## ${r.title}`, "", `Run ${when}: \`${r.command}\``, "", ...lines, ""].join("\n");
   writeFileSync(join(RESULTS_DIR, `${name}.md`), body);
   const cpu = cpus()[0]?.model ?? "unknown CPU";
   const head = [

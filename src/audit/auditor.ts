@@ -21,7 +21,7 @@ interface Scope {
 const als = new AsyncLocalStorage<Scope>();
 
 /** How long an entry of a call that changed nothing may wait to be appended with others, and how many may wait. */
-const FLUSH_DELAY_MS = 10;
+const FLUSH_DELAY_MS = 50;
 const FLUSH_BATCH = 512;
 
 /**

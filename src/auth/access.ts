@@ -63,11 +63,28 @@ export function toBlockList(entries: readonly string[]): BlockList {
   return list;
 }
 
+/**
+ * Whether `ip` is in `list`. BlockList.check builds a SocketAddress on every call, a visible cost per request, so
+ * answers are remembered per list (a list never changes once built); at most MEMO_SIZE addresses each.
+ */
 function contains(list: BlockList, ip: string): boolean {
-  const family = isIP(ip);
-  if (family === 0) return false;
-  return list.check(ip, family === 4 ? "ipv4" : "ipv6");
+  let memo = memos.get(list);
+  if (memo === undefined) {
+    memo = new Map();
+    memos.set(list, memo);
+  }
+  let hit = memo.get(ip);
+  if (hit === undefined) {
+    const family = isIP(ip);
+    hit = family !== 0 && list.check(ip, family === 4 ? "ipv4" : "ipv6");
+    if (memo.size >= MEMO_SIZE) memo.clear();
+    memo.set(ip, hit);
+  }
+  return hit;
 }
+
+const memos = new WeakMap<BlockList, Map<string, boolean>>();
+const MEMO_SIZE = 4096;
 
 const sha256 = (s: string) => createHash("sha256").update(s, "utf8").digest();
 
