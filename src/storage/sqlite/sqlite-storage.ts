@@ -550,7 +550,14 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       if (events.length === 0) return [];
       let records: AuditRecord[] = [];
       await write(() => {
-        records = events.map(appendAuditRow);
+        // One look-up of the chain's end for the whole batch; each entry links to the one before it.
+        let prev: AuditRecord | { seq: number; hash: string } | undefined = q.auditLast.get();
+        records = events.map((e) => {
+          const rec = chainRecord(AUDIT_CHAIN, prev, e);
+          q.insertAudit.run(rec);
+          prev = rec;
+          return rec;
+        });
         return true;
       });
       return records;
