@@ -1,5 +1,6 @@
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 
@@ -74,4 +75,202 @@ export function writeResult(name: string, r: { title: string; command: string; l
         .map((f) => readFileSync(join(RESULTS_DIR, f), "utf8"))
     : [];
   writeFileSync(join("bench", "RESULTS.md"), [...head, ...parts].join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Servers and h2load, shared by the transport and scale benchmarks.
+
+/** One load run's outcome: calls/s over the measured window, per-call latency percentiles, failed calls. */
+export interface Figure {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  requests: number;
+}
+
+export const fmt = (f: Figure): string =>
+  `${Math.round(f.rps)}/s p50 ${f.p50Ms.toFixed(2)} ms p99 ${f.p99Ms.toFixed(2)} ms${f.errors ? ` ERRORS ${f.errors}` : ""}`;
+
+export const BENCH_ADMIN_TOKEN = "bench-admin-token-0123456789";
+
+/** A free loopback port. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitFor(check: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`${what} not ready within ${ms} ms`);
+}
+
+/** Every child started, so a failed run can leave none behind (see killChildren). */
+const children = new Set<ChildProcess>();
+
+export function killChildren(): void {
+  for (const c of children) c.kill("SIGKILL");
+}
+
+export function stopper(child: ChildProcess): () => Promise<void> {
+  children.add(child);
+  return () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.once("exit", () => resolve());
+      child.kill("SIGTERM");
+      setTimeout(() => child.kill("SIGKILL"), 5_000).unref();
+    });
+}
+
+export interface LatchkeyProcess {
+  readonly url: string;
+  readonly pid: number;
+  readonly adminToken: string;
+  /** Spawn to /readyz answering 200. */
+  readonly readyMs: number;
+  /** Calls that did not end ok (or not_modified), by the server's own count, since the last call of this. */
+  errors(): Promise<number>;
+  /** Size of the database file and its WAL. */
+  dbBytes(): number;
+  stop(): Promise<void>;
+}
+
+/** Starts the built server (dist/) pinned to `core`, on `dataDir`, and waits until it is ready. */
+export async function startLatchkey(opts: { core: number; dataDir: string; masterKey: string; env?: Record<string, string> }): Promise<LatchkeyProcess> {
+  const port = await freePort();
+  const spawnedAt = performance.now();
+  const child = spawn(...pinned(opts.core, process.execPath, ["dist/src/main.js"]), {
+    env: {
+      ...process.env,
+      LATCHKEY_PORT: String(port),
+      LATCHKEY_DATA_DIR: opts.dataDir,
+      LATCHKEY_MASTER_KEY: opts.masterKey,
+      LATCHKEY_ADMIN_TOKEN: BENCH_ADMIN_TOKEN,
+      LATCHKEY_ALLOWED_IPS: "127.0.0.1/32",
+      LOG_LEVEL: "warn",
+      ...opts.env,
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  const stop = stopper(child);
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(() => fetch(`${url}/readyz`).then((r) => r.ok), "latchkey");
+  const readyMs = Math.round(performance.now() - spawnedAt);
+  const counts = new Map<string, number>();
+  const errors = async () => {
+    const text = await fetch(`${url}/metrics`).then((r) => r.text());
+    let n = 0;
+    for (const m of text.matchAll(/^latchkey_requests_total\{op="([^"]*)",code="([^"]*)"\} (\d+)/gm)) {
+      const key = `${m[1]} ${m[2]}`;
+      const v = Number(m[3]);
+      const delta = v - (counts.get(key) ?? 0);
+      counts.set(key, v);
+      if (delta === 0 || m[2] === "ok" || m[2] === "not_modified") continue;
+      // A load generator stopping at the end of a run abandons the calls it has in flight: the server records
+      // them as canceled. Those are not errors of the server; anything else is.
+      if (m[2] === "canceled") continue;
+      n += delta;
+      console.log(`  server: ${delta} × ${m[2]} on ${m[1]}`);
+    }
+    return n;
+  };
+  await errors();
+  const dbBytes = () =>
+    ["latchkey.db", "latchkey.db-wal"].reduce((sum, f) => sum + (existsSync(join(opts.dataDir, f)) ? statSync(join(opts.dataDir, f)).size : 0), 0);
+  return { url, pid: child.pid as number, adminToken: BENCH_ADMIN_TOKEN, readyMs, errors, dbBytes, stop };
+}
+
+/** Runs a command pinned to `core`; resolves with its output, rejects if it fails. */
+export function runPinned(core: number, cmd: string, args: string[]): Promise<string> {
+  const [c, a] = pinned(core, cmd, args);
+  return new Promise((resolve, reject) => {
+    const child = spawn(c, a, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
+  });
+}
+
+/** A gRPC-framed message written to `dir/name`; returns the path (h2load reads bodies from files). */
+export function grpcFrame(dir: string, name: string, message: Uint8Array): string {
+  const f = Buffer.alloc(5 + message.length);
+  f.writeUInt32BE(message.length, 1);
+  f.set(message, 5);
+  const path = join(dir, name);
+  writeFileSync(path, f);
+  return path;
+}
+
+export interface H2Job {
+  readonly path: string;
+  /** A file holding the request body. */
+  readonly body: string;
+  readonly headers: Record<string, string>;
+  readonly streams: number;
+}
+
+/**
+ * h2load with one connection per job, all jobs at once, `streams` calls in flight on each; latency percentiles
+ * per request, from h2load's log files. A call fails if h2load says so or its HTTP status is not 200.
+ */
+export async function h2load(
+  url: string,
+  jobs: H2Job[],
+  opts: { seconds: number; warmup: number; core: number; work: string; /** Paced: calls per second per job. */ rps?: number },
+): Promise<Figure> {
+  const logs = jobs.map((_, i) => join(opts.work, `h2load-${i}.log`));
+  const outs = await Promise.all(
+    jobs.map((j, i) =>
+      runPinned(opts.core, "h2load", [
+        "-c1",
+        `-m${j.streams}`,
+        "-D",
+        String(opts.seconds),
+        ...(opts.warmup > 0 ? ["--warm-up-time", String(opts.warmup)] : []),
+        ...(opts.rps !== undefined ? [`--rps=${opts.rps}`] : []),
+        "-d",
+        j.body,
+        ...Object.entries(j.headers).flatMap(([k, v]) => ["-H", `${k}: ${v}`]),
+        "--log-file",
+        logs[i] as string,
+        `${url}${j.path}`,
+      ]),
+    ),
+  );
+  let requests = 0;
+  let failed = 0;
+  for (const out of outs) {
+    const m = /requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(out);
+    if (!m) throw new Error(`unexpected h2load output: ${out}`);
+    requests += Number(m[3]);
+    failed += Number(m[4]) + Number(m[5]);
+  }
+  const durations: number[] = [];
+  let first = Number.POSITIVE_INFINITY;
+  let last = 0;
+  for (const log of logs) {
+    for (const line of readFileSync(log, "utf8").split("\n")) {
+      const [start, status, us] = line.split("\t").map(Number);
+      if (!us || start === undefined) continue;
+      if (status !== 200) failed++;
+      durations.push(us / 1000);
+      first = Math.min(first, start / 1000);
+      last = Math.max(last, start / 1000 + us / 1000);
+    }
+    rmSync(log, { force: true });
+  }
+  durations.sort((a, b) => a - b);
+  const seconds = (last - first) / 1000;
+  return { rps: durations.length / seconds, p50Ms: percentile(durations, 50), p99Ms: percentile(durations, 99), errors: failed, requests };
 }

@@ -11,9 +11,8 @@
  * Usage: npm run bench:transport [-- --seconds 5 --inflight 1,16,64 --ops get,verify,update,list --secrets 1000]
  * Needs h2load (Debian: nghttp2-client) and wrk.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import {
@@ -23,7 +22,25 @@ import {
   VerifySecretRequestSchema,
 } from "../gen/latchkey/v1/secret_service_pb.js";
 import { tempDir } from "../test/support/server.js";
-import { arg, percentile, pinned, pinSelf, rssKb, writeResult } from "./support.js";
+import {
+  arg,
+  BENCH_ADMIN_TOKEN as ADMIN_TOKEN,
+  type Figure,
+  fmt,
+  freePort,
+  grpcFrame,
+  type H2Job,
+  h2load as h2loadRun,
+  killChildren,
+  type LatchkeyProcess,
+  pinned,
+  pinSelf,
+  rssKb,
+  runPinned,
+  startLatchkey as spawnLatchkey,
+  stopper,
+  writeResult,
+} from "./support.js";
 
 const SECONDS = Number(arg("seconds", "5"));
 const WARMUP = Number(arg("warmup", "1"));
@@ -31,7 +48,6 @@ const INFLIGHT = arg("inflight", "1,16,64").split(",").map(Number);
 const OPS = arg("ops", "get,verify,update,list").split(",") as Op[];
 const SEEDED = Number(arg("secrets", "1000"));
 const STOCK = arg("stock", "true") === "true";
-const ADMIN_TOKEN = "bench-admin-token-0123456789";
 const MASTER_KEY = Buffer.alloc(32, 5).toString("base64");
 const SERVER_CORE = 0;
 const LOAD_CORE = 1;
@@ -41,26 +57,8 @@ const UPDATE_SPREAD = 16;
 type Op = "get" | "verify" | "update" | "list";
 type Wire = "grpc" | "connect-h2" | "connect-h1" | "rest";
 
-interface Figure {
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-  errors: number;
-  requests: number;
-}
-
 const work = tempDir("latchkey-bench-transport-");
 const say = (s: string) => console.log(s);
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function tool(name: string): string {
   try {
@@ -81,47 +79,8 @@ interface Server {
   stop(): Promise<void>;
 }
 
-async function waitFor(check: () => Promise<boolean>, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`${what} not ready within ${ms} ms`);
-}
-
-function stopper(child: ChildProcess): () => Promise<void> {
-  return () =>
-    new Promise((resolve) => {
-      if (child.exitCode !== null) return resolve();
-      child.once("exit", () => resolve());
-      child.kill("SIGTERM");
-      setTimeout(() => child.kill("SIGKILL"), 5_000).unref();
-    });
-}
-
-/** Every child started, so a failed run leaves none behind. */
-const children = new Set<ChildProcess>();
-
-async function startLatchkey(dataDir: string, fastPath: boolean): Promise<Server> {
-  const port = await freePort();
-  const child = spawn(...pinned(SERVER_CORE, process.execPath, ["dist/src/main.js"]), {
-    env: {
-      ...process.env,
-      LATCHKEY_PORT: String(port),
-      LATCHKEY_DATA_DIR: dataDir,
-      LATCHKEY_MASTER_KEY: MASTER_KEY,
-      LATCHKEY_ADMIN_TOKEN: ADMIN_TOKEN,
-      LATCHKEY_ALLOWED_IPS: "127.0.0.1/32",
-      LATCHKEY_UNARY_FAST_PATH: String(fastPath),
-      LOG_LEVEL: "warn",
-    },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  children.add(child);
-  const url = `http://127.0.0.1:${port}`;
-  await waitFor(() => fetch(`${url}/readyz`).then((r) => r.ok), "latchkey");
-  return { url, pid: child.pid as number, stop: stopper(child) };
+function startLatchkey(dataDir: string, fastPath: boolean): Promise<LatchkeyProcess> {
+  return spawnLatchkey({ core: SERVER_CORE, dataDir, masterKey: MASTER_KEY, env: { LATCHKEY_UNARY_FAST_PATH: String(fastPath) } });
 }
 
 async function startCeiling(mode: "bare-h2" | "bare-h1" | "grpc-js"): Promise<Server> {
@@ -129,88 +88,25 @@ async function startCeiling(mode: "bare-h2" | "bare-h1" | "grpc-js"): Promise<Se
   const child = spawn(...pinned(SERVER_CORE, process.execPath, ["bench/ceilings.mjs", mode, String(port)]), {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  children.add(child);
+  const stop = stopper(child);
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on("data", (c: Buffer) => c.toString().includes("ready") && resolve());
     child.once("exit", (code) => reject(new Error(`ceiling ${mode} exited ${code}`)));
   });
-  return { url: `http://127.0.0.1:${port}`, pid: child.pid as number, stop: stopper(child) };
+  return { url: `http://127.0.0.1:${port}`, pid: child.pid as number, stop };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Load generators
 
-function run(cmd: string, args: string[]): Promise<string> {
-  const [c, a] = pinned(LOAD_CORE, cmd, args);
-  return new Promise((resolve, reject) => {
-    const child = spawn(c, a, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
-  });
-}
-
-interface H2Job {
-  readonly path: string;
-  readonly body: string; // file
-  readonly headers: Record<string, string>;
-  readonly streams: number;
-}
-
-/** h2load on one connection per job, all jobs at once; per-request latencies from their log files. */
-async function h2load(url: string, jobs: H2Job[]): Promise<Figure> {
-  const logs = jobs.map((_, i) => join(work, `h2load-${i}.log`));
-  const outs = await Promise.all(
-    jobs.map((j, i) =>
-      run("h2load", [
-        "-c1",
-        `-m${j.streams}`,
-        "-D",
-        String(SECONDS),
-        "--warm-up-time",
-        String(WARMUP),
-        "-d",
-        j.body,
-        ...Object.entries(j.headers).flatMap(([k, v]) => ["-H", `${k}: ${v}`]),
-        "--log-file",
-        logs[i] as string,
-        `${url}${j.path}`,
-      ]),
-    ),
-  );
-  let requests = 0;
-  let failed = 0;
-  for (const out of outs) {
-    const m = /requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(out);
-    if (!m) throw new Error(`unexpected h2load output: ${out}`);
-    requests += Number(m[3]);
-    failed += Number(m[4]) + Number(m[5]);
-  }
-  const durations: number[] = [];
-  let first = Number.POSITIVE_INFINITY;
-  let last = 0;
-  for (const log of logs) {
-    for (const line of readFileSync(log, "utf8").split("\n")) {
-      const [start, status, us] = line.split("\t").map(Number);
-      if (!us || start === undefined) continue;
-      if (status !== 200) failed++;
-      durations.push(us / 1000);
-      first = Math.min(first, start / 1000);
-      last = Math.max(last, start / 1000 + us / 1000);
-    }
-    rmSync(log, { force: true });
-  }
-  durations.sort((a, b) => a - b);
-  const seconds = (last - first) / 1000;
-  return { rps: durations.length / seconds, p50Ms: percentile(durations, 50), p99Ms: percentile(durations, 99), errors: failed, requests };
-}
+/** h2load on one connection per job, all jobs at once (see support.ts). */
+const h2load = (url: string, jobs: H2Job[]): Promise<Figure> => h2loadRun(url, jobs, { seconds: SECONDS, warmup: WARMUP, core: LOAD_CORE, work });
 
 /** wrk on `connections` keep-alive HTTP/1.1 connections (one call in flight each), driven by a Lua script. */
 async function wrk(url: string, connections: number, lua: string): Promise<Figure> {
   const script = join(work, "wrk.lua");
   writeFileSync(script, lua);
-  const out = await run("wrk", ["-t1", `-c${connections}`, `-d${SECONDS + WARMUP}s`, "--latency", "-s", script, url]);
+  const out = await runPinned(LOAD_CORE, "wrk", ["-t1", `-c${connections}`, `-d${SECONDS + WARMUP}s`, "--latency", "-s", script, url]);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
   const lat = (p: string) => {
     const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s)`, "m").exec(out);
@@ -257,27 +153,16 @@ const file = (name: string, bytes: Uint8Array | string) => {
   writeFileSync(path, bytes);
   return path;
 };
-const grpcFrame = (b: Uint8Array) => {
-  const f = Buffer.alloc(5 + b.length);
-  f.writeUInt32BE(b.length, 1);
-  f.set(b, 5);
-  return f;
-};
+const frame = (name: string, message: Uint8Array) => grpcFrame(work, name, message);
 const updateName = (i: number) => `bench/update-${i % UPDATE_SPREAD}`;
 
 const BODIES = {
   grpc: {
-    get: file("get.grpc", grpcFrame(toBinary(GetSecretRequestSchema, create(GetSecretRequestSchema, { name: "bench/target" })))),
-    verify: file(
-      "verify.grpc",
-      grpcFrame(toBinary(VerifySecretRequestSchema, create(VerifySecretRequestSchema, { name: "bench/target", value: VALUE }))),
-    ),
-    list: file("list.grpc", grpcFrame(toBinary(ListSecretsRequestSchema, create(ListSecretsRequestSchema, { pageSize: 50 })))),
+    get: frame("get.grpc", toBinary(GetSecretRequestSchema, create(GetSecretRequestSchema, { name: "bench/target" }))),
+    verify: frame("verify.grpc", toBinary(VerifySecretRequestSchema, create(VerifySecretRequestSchema, { name: "bench/target", value: VALUE }))),
+    list: frame("list.grpc", toBinary(ListSecretsRequestSchema, create(ListSecretsRequestSchema, { pageSize: 50 }))),
     update: Array.from({ length: UPDATE_SPREAD }, (_, i) =>
-      file(
-        `update-${i}.grpc`,
-        grpcFrame(toBinary(UpdateSecretRequestSchema, create(UpdateSecretRequestSchema, { name: updateName(i), value: `${VALUE}-u` }))),
-      ),
+      frame(`update-${i}.grpc`, toBinary(UpdateSecretRequestSchema, create(UpdateSecretRequestSchema, { name: updateName(i), value: `${VALUE}-u` }))),
     ),
   },
   json: {
@@ -337,23 +222,10 @@ end
     case "verify":
       return wrk(`${url}/v1/secrets/bench/target/verify`, inflight, luaPost(JSON.stringify({ value: VALUE }), "application/json"));
     case "list":
-      return wrk(`${url}/v1/secrets?page_size=50`, inflight, luaGet(true));
+      return wrk(`${url}/v1/secrets?limit=50`, inflight, luaGet(true));
     case "update":
       return wrk(url, inflight, luaVaried("PUT", `"/v1/secrets/bench/update-" .. (i % ${UPDATE_SPREAD})`, JSON.stringify({ value: `${VALUE}-u` }), "application/json"));
   }
-}
-
-/** Calls that did not end "ok", by the server's own count (latchkey_requests_total), since the last reading. */
-async function serverErrors(url: string, last: Map<string, number>): Promise<number> {
-  const text = await fetch(`${url}/metrics`).then((r) => r.text());
-  let errors = 0;
-  for (const m of text.matchAll(/^latchkey_requests_total\{op="([^"]*)",code="([^"]*)"\} (\d+)/gm)) {
-    const key = `${m[1]} ${m[2]}`;
-    const n = Number(m[3]);
-    if (m[2] !== "ok" && m[2] !== "not_modified") errors += n - (last.get(key) ?? 0);
-    last.set(key, n);
-  }
-  return errors;
 }
 
 /** Seeds the store through the REST API: the target, the update targets and `n` more. */
@@ -380,9 +252,6 @@ async function seed(url: string, n: number): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-
-const fmt = (f: Figure) =>
-  `${Math.round(f.rps)}/s p50 ${f.p50Ms.toFixed(2)} ms p99 ${f.p99Ms.toFixed(2)} ms${f.errors ? ` ERRORS ${f.errors}` : ""}`;
 
 async function main(): Promise<void> {
   pinSelf(LOAD_CORE);
@@ -436,15 +305,13 @@ async function main(): Promise<void> {
     mkdirSync(dataDir, { recursive: true });
     const server = await startLatchkey(dataDir, fastPath);
     await seed(server.url, SEEDED);
-    const counts = new Map<string, number>();
-    await serverErrors(server.url, counts);
     const path = fastPath ? "fast path" : "connect-node";
     const wires: Wire[] = fastPath ? ["grpc", "connect-h2", "connect-h1", "rest"] : ["grpc", "connect-h2", "connect-h1"];
     for (const op of OPS) {
       for (const wire of wires) {
         for (const n of INFLIGHT) {
           const f = await measure(server.url, op, wire, n);
-          f.errors += await serverErrors(server.url, counts);
+          f.errors += await server.errors();
           results.set(`${path} ${op} ${wire} ${n}`, f);
           say(`${path}: ${METHOD[op]} over ${wire}, ${n} in flight: ${fmt(f)} = ${(f.rps / ceilingOf(wire, n)).toFixed(2)} of ${ceilingName[wire]}`);
         }
@@ -515,7 +382,7 @@ async function main(): Promise<void> {
 
 main().catch((err) => {
   console.error(err);
-  for (const c of children) c.kill("SIGKILL");
+  killChildren();
   rmSync(work, { recursive: true, force: true });
   process.exit(1);
 });

@@ -225,7 +225,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   let server: DualServer;
   let bound: { port: number; host: string };
   try {
-    server = config.tls ? createTlsServer(handler, config.tls) : createDualServer(handler);
+    server = config.tls ? createTlsServer(handler, config.tls, config.connectionLimits) : createDualServer(handler, config.connectionLimits);
     bound = await server.listen(config.port, config.host);
   } catch (err) {
     await storage.close();

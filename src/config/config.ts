@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { createSecureContext } from "node:tls";
 import type { Limits, UsageDimension } from "../domain/usage.js";
+import type { ConnectionLimits } from "../http/server.js";
 
 /** Config is everything Latchkey reads from its environment, validated once at start. */
 export interface Config {
@@ -54,6 +55,8 @@ export interface Config {
    * every call through connect-node, for comparison or as a fallback.
    */
   readonly unaryFastPath: boolean;
+  /** What one connection may take of the server: its time to send, its streams. */
+  readonly connectionLimits: ConnectionLimits;
   /** Limits for the whole service and for each store (LATCHKEY_QUOTAS, LATCHKEY_STORE_QUOTAS). */
   readonly quotas: { readonly global: Limits; readonly perStore: Limits };
 }
@@ -200,6 +203,26 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   const drainDelayMs = msOf("LATCHKEY_DRAIN_DELAY_MS", "0");
   const drainTimeoutMs = msOf("LATCHKEY_DRAIN_TIMEOUT_MS", "10000");
+  const connectionLimits: ConnectionLimits = {
+    idleTimeoutMs: msOf("LATCHKEY_IDLE_TIMEOUT_MS", "10000"),
+    headersTimeoutMs: msOf("LATCHKEY_HEADERS_TIMEOUT_MS", "15000"),
+    requestTimeoutMs: msOf("LATCHKEY_REQUEST_TIMEOUT_MS", "60000"),
+    maxConcurrentStreams: Number(str("LATCHKEY_MAX_CONCURRENT_STREAMS", "256")),
+  };
+  for (const [key, v] of [
+    ["LATCHKEY_IDLE_TIMEOUT_MS", connectionLimits.idleTimeoutMs],
+    ["LATCHKEY_HEADERS_TIMEOUT_MS", connectionLimits.headersTimeoutMs],
+    ["LATCHKEY_REQUEST_TIMEOUT_MS", connectionLimits.requestTimeoutMs],
+  ] as const) {
+    if (v === 0) problems.push(`${key}: must be at least 1 ms`);
+  }
+  if (connectionLimits.headersTimeoutMs > connectionLimits.requestTimeoutMs) {
+    problems.push("LATCHKEY_HEADERS_TIMEOUT_MS: must not be longer than LATCHKEY_REQUEST_TIMEOUT_MS");
+  }
+  const streams = connectionLimits.maxConcurrentStreams;
+  if (!Number.isInteger(streams) || streams < 1 || streams > 65_535) {
+    problems.push(`LATCHKEY_MAX_CONCURRENT_STREAMS: "${str("LATCHKEY_MAX_CONCURRENT_STREAMS", "256")}" must be a whole number from 1 to 65535`);
+  }
 
   const bool = (key: string, fallback = false): boolean => {
     const text = str(key, String(fallback)).toLowerCase();
@@ -251,6 +274,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tls,
     drainDelayMs,
     drainTimeoutMs,
+    connectionLimits: Object.freeze(connectionLimits),
     quotas: Object.freeze({ global: Object.freeze(quotas.global), perStore: Object.freeze(quotas.perStore) }),
   });
 }

@@ -19,18 +19,101 @@ export interface DualServer {
   connections(): number;
 }
 
+/** What one connection may take of the server. */
+export interface ConnectionLimits {
+  /** A connection that sends nothing this long after connecting (or TLS that does not finish its handshake) is dropped. */
+  readonly idleTimeoutMs: number;
+  /** HTTP/1.1: the request line and headers must arrive within this time (else 408 and the connection is closed). */
+  readonly headersTimeoutMs: number;
+  /** The whole request, body included, must arrive within this time (HTTP/1.1: 408; HTTP/2: the stream is reset). */
+  readonly requestTimeoutMs: number;
+  /** HTTP/2: streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
+  readonly maxConcurrentStreams: number;
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  idleTimeoutMs: 10_000,
+  headersTimeoutMs: 15_000,
+  requestTimeoutMs: 60_000,
+  maxConcurrentStreams: 256,
+};
+
+/** How long an idle HTTP/1.1 keep-alive connection is kept. */
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-/** A connection that has not sent its first bytes within this time is dropped. */
-const FIRST_BYTES_TIMEOUT_MS = 10_000;
+
+/** The most request header bytes (names and values) taken: Node's HTTP/1.1 limit, applied to HTTP/2 as well. */
+export const MAX_HEADER_BYTES = 16 * 1024;
 
 /**
- * Node's http2 server only offers HTTP/1.1 fallback through TLS ALPN, so cleartext needs a sniffer: a net.Server
- * reads the first bytes of each connection and hands the socket to the HTTP/2 server if they are the HTTP/2
- * connection preface, else to the HTTP/1.1 server.
+ * What Node's HTTP/2 server does not limit itself (nor its HTTP/1.1 behind TLS here):
+ * - Header size: a request whose headers exceed MAX_HEADER_BYTES is refused as HTTP/1.1 refuses it (431), or
+ *   with RESOURCE_EXHAUSTED for gRPC, whose clients read the status from the trailers.
+ * - Body time: a request whose body does not arrive within `ms` is cut off (the HTTP/2 stream is reset; an
+ *   HTTP/1.1 connection is closed), so a client trickling bodies cannot hold streams and their buffers. Requests
+ *   that have sent their whole body (a watch, say) are not limited.
  */
-export function createDualServer(handler: RequestHandler): DualServer {
-  const h1 = http.createServer({ requestTimeout: 60_000, headersTimeout: 15_000, keepAliveTimeout: 5_000 }, handler);
-  const h2 = http2.createServer({ maxSessionMemory: 32 }, handler);
+function limitRequests(handler: RequestHandler, ms: number, h1 = false): RequestHandler {
+  return (req, res) => {
+    const h2 = req.httpVersionMajor === 2;
+    if (h2) {
+      const raw = req.rawHeaders;
+      let size = 0;
+      for (let i = 0; i < raw.length; i++) size += (raw[i] as string).length;
+      if (size > MAX_HEADER_BYTES) {
+        refuseHeaders(req, res as http2.Http2ServerResponse);
+        return;
+      }
+    }
+    if (h2 || h1) {
+      const timer = setTimeout(() => {
+        if (req.readableEnded) return;
+        if (h2) {
+          const stream = (req as http2.Http2ServerRequest).stream;
+          if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL);
+        } else {
+          req.socket.destroy();
+        }
+      }, ms);
+      timer.unref();
+      const clear = () => clearTimeout(timer);
+      req.once("end", clear);
+      res.once("close", clear);
+    }
+    handler(req, res);
+  };
+}
+
+function refuseHeaders(req: http.IncomingMessage | http2.Http2ServerRequest, res: http2.Http2ServerResponse): void {
+  const message = `request headers are larger than ${MAX_HEADER_BYTES} bytes`;
+  const type = String(req.headers["content-type"] ?? "");
+  if (type.startsWith("application/grpc")) {
+    res.writeHead(200, { "content-type": type.startsWith("application/grpc-web") ? type : "application/grpc", "grpc-status": "8", "grpc-message": message });
+    res.end();
+  } else {
+    const body = JSON.stringify({ error: message, code: "resource_exhausted" });
+    res.writeHead(431, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) });
+    res.end(body);
+  }
+  req.resume();
+}
+
+export function createDualServer(handler: RequestHandler, limits: ConnectionLimits = DEFAULT_LIMITS): DualServer {
+  const h1 = http.createServer(
+    {
+      requestTimeout: limits.requestTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+      // How often the timeouts above are checked (Node's default, 30 s, would let a slow client stay 30 s longer).
+      connectionsCheckingInterval: Math.min(1_000, limits.headersTimeoutMs),
+    },
+    handler,
+  );
+  const h2 = http2.createServer(
+    { maxSessionMemory: 32, settings: { maxConcurrentStreams: limits.maxConcurrentStreams } },
+    limitRequests(handler, limits.requestTimeoutMs),
+  );
   const sockets = new Set<net.Socket>();
   /** Sockets whose protocol is not known yet: nothing is in flight on them, so closing destroys them. */
   const sniffing = new Set<net.Socket>();
@@ -57,7 +140,7 @@ export function createDualServer(handler: RequestHandler): DualServer {
     socket.on("error", () => socket.destroy());
     socket.setNoDelay(true);
     let buf: Buffer = Buffer.alloc(0);
-    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
+    socket.setTimeout(limits.idleTimeoutMs, () => socket.destroy());
     const onData = (chunk: Buffer) => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
       const n = Math.min(buf.length, PREFACE.length);
@@ -129,20 +212,22 @@ export interface TlsOptions {
  * The same one port over TLS: HTTP/2 and HTTP/1.1 are chosen by ALPN, so no sniffing is needed. With a client CA,
  * a connection without a valid client certificate is refused during the handshake (mutual TLS).
  */
-export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualServer {
+export function createTlsServer(handler: RequestHandler, tls: TlsOptions, limits: ConnectionLimits = DEFAULT_LIMITS): DualServer {
   /** HTTP/1.1 connections (ALPN chose http/1.1) and how many requests each has in flight. */
   const h1Busy = new Map<net.Socket, number>();
   let closing = false;
   const endIfIdle = (socket: net.Socket) => {
     if (closing && h1Busy.get(socket) === 0) socket.end();
   };
+  const limited = limitRequests(handler, limits.requestTimeoutMs, true);
   const server = http2.createSecureServer(
     {
       cert: tls.cert,
       key: tls.key,
       allowHTTP1: true,
       maxSessionMemory: 32,
-      handshakeTimeout: FIRST_BYTES_TIMEOUT_MS,
+      handshakeTimeout: limits.idleTimeoutMs,
+      settings: { maxConcurrentStreams: limits.maxConcurrentStreams },
       ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
     },
     (req, res) => {
@@ -156,7 +241,7 @@ export function createTlsServer(handler: RequestHandler, tls: TlsOptions): DualS
           endIfIdle(socket);
         });
       }
-      handler(req, res);
+      limited(req, res);
     },
   );
   const sockets = new Set<net.Socket>();

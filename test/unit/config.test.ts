@@ -29,6 +29,16 @@ function assertOneProblem(env: Record<string, string>, variable: string): void {
 }
 
 describe("loadConfig", () => {
+  it("reads the connection limits, refusing zero timeouts, a headers timeout past the request timeout and bad stream counts", () => {
+    assert.deepEqual(loadConfig({}).connectionLimits, { idleTimeoutMs: 10_000, headersTimeoutMs: 15_000, requestTimeoutMs: 60_000, maxConcurrentStreams: 256 });
+    const c = loadConfig({ LATCHKEY_IDLE_TIMEOUT_MS: "500", LATCHKEY_HEADERS_TIMEOUT_MS: "900", LATCHKEY_REQUEST_TIMEOUT_MS: "2000", LATCHKEY_MAX_CONCURRENT_STREAMS: "8" });
+    assert.deepEqual(c.connectionLimits, { idleTimeoutMs: 500, headersTimeoutMs: 900, requestTimeoutMs: 2000, maxConcurrentStreams: 8 });
+    assertOneProblem({ LATCHKEY_IDLE_TIMEOUT_MS: "0" }, "LATCHKEY_IDLE_TIMEOUT_MS");
+    assertOneProblem({ LATCHKEY_REQUEST_TIMEOUT_MS: "soon" }, "LATCHKEY_REQUEST_TIMEOUT_MS");
+    assertOneProblem({ LATCHKEY_HEADERS_TIMEOUT_MS: "70000" }, "LATCHKEY_HEADERS_TIMEOUT_MS");
+    for (const bad of ["0", "65536", "1.5", "many"]) assertOneProblem({ LATCHKEY_MAX_CONCURRENT_STREAMS: bad }, "LATCHKEY_MAX_CONCURRENT_STREAMS");
+  });
+
   it("uses the documented defaults for an empty environment", () => {
     const c = loadConfig({});
     assert.equal(c.host, "127.0.0.1");
