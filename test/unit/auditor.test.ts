@@ -359,7 +359,15 @@ describe("mirror", () => {
 describe("batching entries of calls that change nothing", () => {
   it("appends many reads' entries in one write, soon after they end, without being asked", async () => {
     const batches: number[] = [];
-    const counting = { appendAudit: (events: readonly AuditEvent[]) => (batches.push(events.length), storage.appendAudit(events)) };
+    const writes: Promise<unknown>[] = [];
+    const counting = {
+      appendAudit: (events: readonly AuditEvent[]) => {
+        batches.push(events.length);
+        const written = storage.appendAudit(events);
+        writes.push(written);
+        return written;
+      },
+    };
     const a = createAuditor({ storage: counting, logger, mirror: false });
     await Promise.all(
       Array.from({ length: 50 }, (_, i) =>
@@ -370,6 +378,7 @@ describe("batching entries of calls that change nothing", () => {
     const deadline = Date.now() + 5_000;
     while (batches.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     assert.deepEqual(batches, [50], "one write for all of them");
+    await Promise.all(writes); // the write was started; read once it is committed
     const names = (await entries()).filter((e) => e.requestId.startsWith("req-b")).map((e) => e.name);
     assert.equal(names.length, 50);
   });
