@@ -85,12 +85,15 @@ export interface Figure {
   rps: number;
   p50Ms: number;
   p99Ms: number;
+  /** Calls answered with an error status, failed connections, or (wrk) calls over its 2 s timeout. */
   errors: number;
+  /** h2load: streams it still had open when the run's time was up, which it counts as errored. Not failures. */
+  cut?: number;
   requests: number;
 }
 
 export const fmt = (f: Figure): string =>
-  `${Math.round(f.rps)}/s p50 ${f.p50Ms.toFixed(2)} ms p99 ${f.p99Ms.toFixed(2)} ms${f.errors ? ` ERRORS ${f.errors}` : ""}`;
+  `${Math.round(f.rps)}/s p50 ${f.p50Ms.toFixed(2)} ms p99 ${f.p99Ms.toFixed(2)} ms${f.errors ? ` ERRORS ${f.errors}` : ""}${f.cut ? ` (${f.cut} cut at stop)` : ""}`;
 
 export const BENCH_ADMIN_TOKEN = "bench-admin-token-0123456789";
 
@@ -198,7 +201,7 @@ export function runPinned(core: number, cmd: string, args: string[]): Promise<st
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
+    child.once("close", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
   });
 }
 
@@ -211,6 +214,8 @@ export function grpcFrame(dir: string, name: string, message: Uint8Array): strin
   writeFileSync(path, f);
   return path;
 }
+
+let h2loadRuns = 0;
 
 export interface H2Job {
   readonly path: string;
@@ -229,7 +234,7 @@ export async function h2load(
   jobs: H2Job[],
   opts: { seconds: number; warmup: number; core: number; work: string; /** Paced: calls per second per job. */ rps?: number },
 ): Promise<Figure> {
-  const logs = jobs.map((_, i) => join(opts.work, `h2load-${i}.log`));
+  const logs = jobs.map(() => join(opts.work, `h2load-${++h2loadRuns}.log`));
   const outs = await Promise.all(
     jobs.map((j, i) =>
       runPinned(opts.core, "h2load", [
@@ -250,11 +255,13 @@ export async function h2load(
   );
   let requests = 0;
   let failed = 0;
+  let cut = 0;
   for (const out of outs) {
     const m = /requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(out);
     if (!m) throw new Error(`unexpected h2load output: ${out}`);
     requests += Number(m[3]);
-    failed += Number(m[4]) + Number(m[5]);
+    failed += Number(m[4]);
+    cut += Number(m[5]);
   }
   const durations: number[] = [];
   let first = Number.POSITIVE_INFINITY;
@@ -272,5 +279,5 @@ export async function h2load(
   }
   durations.sort((a, b) => a - b);
   const seconds = (last - first) / 1000;
-  return { rps: durations.length / seconds, p50Ms: percentile(durations, 50), p99Ms: percentile(durations, 99), errors: failed, requests };
+  return { rps: durations.length / seconds, p50Ms: percentile(durations, 50), p99Ms: percentile(durations, 99), errors: failed, cut, requests };
 }

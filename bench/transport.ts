@@ -332,6 +332,8 @@ async function main(): Promise<void> {
   };
   lines.push(
     "",
+    "Errors: calls answered with an error status, or failed connections, or (wrk) calls slower than its 2 s timeout; the server's own counters are read after each run and any call it ended with an error other than canceled is printed. Cut at stop: streams h2load still had open when the run's time was up (it reports them as errored).",
+    "",
     "Each cell: calls/s, p50 / p99 latency, and the ratio to the bare ceiling of the protocol at the same concurrency (bare h2 gRPC for gRPC, bare h2 JSON for Connect h2c, bare node:http for HTTP/1.1). Before = every call on connect-node (LATCHKEY_UNARY_FAST_PATH=false); REST does not go through connect-node either way.",
     "",
     "| call | protocol | path | " + INFLIGHT.map((n) => `${n} in flight`).join(" | ") + " |",
@@ -343,7 +345,7 @@ async function main(): Promise<void> {
         const cells = INFLIGHT.map((n) => results.get(`${path} ${op} ${wire} ${n}`));
         if (cells.every((c) => c === undefined)) continue;
         const cell = (f: Figure | undefined, n: number) =>
-          f ? `${Math.round(f.rps)}/s, ${f.p50Ms.toFixed(2)} / ${f.p99Ms.toFixed(2)} ms, **${(f.rps / ceilingOf(wire, n)).toFixed(2)}**${f.errors ? `, ${f.errors} errors` : ""}` : "";
+          f ? `${Math.round(f.rps)}/s, ${f.p50Ms.toFixed(2)} / ${f.p99Ms.toFixed(2)} ms, **${(f.rps / ceilingOf(wire, n)).toFixed(2)}**${f.errors ? `, ${f.errors} errors` : ""}${f.cut ? `, ${f.cut} cut at stop` : ""}` : "";
         const label = wire === "rest" ? "REST" : path === "fast path" ? "after (fast path)" : "before (connect-node)";
         lines.push(`| ${METHOD[op]} | ${wireName[wire]} | ${label} | ${cells.map((f, i) => cell(f, INFLIGHT[i] as number)).join(" | ")} |`);
       }
