@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { get as httpGet } from "node:http";
 import { createServer } from "node:net";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
@@ -112,7 +113,7 @@ export async function waitFor(check: () => Promise<boolean>, what: string, ms = 
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 5));
   }
   throw new Error(`${what} not ready within ${ms} ms`);
 }
@@ -148,6 +149,16 @@ export interface LatchkeyProcess {
   stop(): Promise<void>;
 }
 
+function readyz(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = httpGet({ host: "127.0.0.1", port, path: "/readyz", agent: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("error", () => resolve(false));
+  });
+}
+
 /** Starts the built server (dist/) pinned to `core`, on `dataDir`, and waits until it is ready. */
 export async function startLatchkey(opts: { core: number; dataDir: string; masterKey: string; env?: Record<string, string> }): Promise<LatchkeyProcess> {
   const port = await freePort();
@@ -167,7 +178,8 @@ export async function startLatchkey(opts: { core: number; dataDir: string; maste
   });
   const stop = stopper(child);
   const url = `http://127.0.0.1:${port}`;
-  await waitFor(() => fetch(`${url}/readyz`).then((r) => r.ok), "latchkey");
+  // A bare http.get, not fetch: the first fetch in a process loads undici, a cost that is not the server's.
+  await waitFor(() => readyz(port), "latchkey");
   const readyMs = Math.round(performance.now() - spawnedAt);
   const counts = new Map<string, number>();
   const errors = async () => {
