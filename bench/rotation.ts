@@ -12,7 +12,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { createEnvelope, masterKeyFrom } from "../src/crypto/envelope.js";
 import { newSecretDocument, type SecretDocument } from "../src/domain/secret.js";
@@ -20,7 +19,7 @@ import { generateValue } from "../src/service/secret-manager.js";
 import { createSqliteStorage } from "../src/storage/sqlite/sqlite-storage.js";
 import type { ChangeEvent } from "../src/storage/storage.js";
 import { tempDir } from "../test/support/server.js";
-import { arg, cpuSeconds, percentile, pinned, pinSelf, rssKb, writeResult } from "./support.js";
+import { arg, cpuSeconds, freePort, percentile, pinned, pinSelf, rssKb, writeResult } from "./support.js";
 
 const TOTAL = Number(arg("secrets", "100000"));
 const DUE = Number(arg("due", "10000"));
@@ -28,16 +27,6 @@ const STEADY = Number(arg("steady", "2000"));
 const STEADY_INTERVAL_S = 2;
 const MASTER_KEY = Buffer.alloc(32, 3);
 const ADMIN_TOKEN = "bench-admin-token-0123456789";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function main(): Promise<void> {
   const dataDir = tempDir("latchkey-bench-rotation-");
