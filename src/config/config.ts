@@ -203,25 +203,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   const drainDelayMs = msOf("LATCHKEY_DRAIN_DELAY_MS", "0");
   const drainTimeoutMs = msOf("LATCHKEY_DRAIN_TIMEOUT_MS", "10000");
-  const connectionLimits: ConnectionLimits = {
-    idleTimeoutMs: msOf("LATCHKEY_IDLE_TIMEOUT_MS", "10000"),
-    headersTimeoutMs: msOf("LATCHKEY_HEADERS_TIMEOUT_MS", "15000"),
-    requestTimeoutMs: msOf("LATCHKEY_REQUEST_TIMEOUT_MS", "60000"),
-    maxConcurrentStreams: Number(str("LATCHKEY_MAX_CONCURRENT_STREAMS", "256")),
+  const positiveMs = (key: string, fallback: string): number => {
+    const ms = msOf(key, fallback);
+    if (ms === 0) problems.push(`${key}: must be at least 1 ms`);
+    return ms;
   };
-  for (const [key, v] of [
-    ["LATCHKEY_IDLE_TIMEOUT_MS", connectionLimits.idleTimeoutMs],
-    ["LATCHKEY_HEADERS_TIMEOUT_MS", connectionLimits.headersTimeoutMs],
-    ["LATCHKEY_REQUEST_TIMEOUT_MS", connectionLimits.requestTimeoutMs],
-  ] as const) {
-    if (v === 0) problems.push(`${key}: must be at least 1 ms`);
-  }
+  const streamsText = str("LATCHKEY_MAX_CONCURRENT_STREAMS", "256");
+  const connectionLimits: ConnectionLimits = {
+    idleTimeoutMs: positiveMs("LATCHKEY_IDLE_TIMEOUT_MS", "10000"),
+    headersTimeoutMs: positiveMs("LATCHKEY_HEADERS_TIMEOUT_MS", "15000"),
+    requestTimeoutMs: positiveMs("LATCHKEY_REQUEST_TIMEOUT_MS", "60000"),
+    maxConcurrentStreams: Number(streamsText),
+  };
   if (connectionLimits.headersTimeoutMs > connectionLimits.requestTimeoutMs) {
     problems.push("LATCHKEY_HEADERS_TIMEOUT_MS: must not be longer than LATCHKEY_REQUEST_TIMEOUT_MS");
   }
   const streams = connectionLimits.maxConcurrentStreams;
   if (!Number.isInteger(streams) || streams < 1 || streams > 65_535) {
-    problems.push(`LATCHKEY_MAX_CONCURRENT_STREAMS: "${str("LATCHKEY_MAX_CONCURRENT_STREAMS", "256")}" must be a whole number from 1 to 65535`);
+    problems.push(`LATCHKEY_MAX_CONCURRENT_STREAMS: "${streamsText}" must be a whole number from 1 to 65535`);
   }
 
   const bool = (key: string, fallback = false): boolean => {

@@ -22,6 +22,7 @@ import {
 import { type StoreRecord, validateStoreName } from "../domain/store.js";
 import type { Limits, Usage } from "../domain/usage.js";
 import type { VarRecord } from "../domain/vars.js";
+import { readLimitedBody } from "../http/body.js";
 import type { RequestInfo } from "../http/request-info.js";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -856,52 +857,15 @@ function writeChunk(res: HttpResponse, chunk: string): void {
   (res as ServerResponse).write(chunk);
 }
 
-/**
- * Reads a request body of at most `maxBytes`. A larger one is refused at once, and the rest of it is read and
- * discarded, so the connection stays usable: a keep-alive client's next request is answered, not left behind
- * unread bytes. A body the client abandons midway fails as a bad body, never as an internal error.
- */
+/** Reads a request body of at most `maxBytes` (see readLimitedBody); a body the client abandons is a bad body. */
 function readBody(req: HttpRequest, maxBytes: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const tooLarge = () => bodyError(413, `request body is larger than ${maxBytes} bytes`);
-    if (req.destroyed) {
-      reject(bodyError(400, "request body ended early: the client went away"));
-      return;
-    }
-    const declared = Number(headerValue(req.headers["content-length"]) ?? -1);
-    if (declared > maxBytes) {
-      req.resume();
-      reject(tooLarge());
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let settled = false;
-    const settle = (err: LatchkeyError | undefined) => {
-      if (settled) return;
-      settled = true;
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onAbort);
-      req.off("close", onAbort);
-      if (err === undefined) resolve(Buffer.concat(chunks, size));
-      else {
-        req.resume();
-        reject(err);
-      }
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > maxBytes) settle(tooLarge());
-      else chunks.push(chunk);
-    };
-    const onEnd = () => settle(undefined);
-    const onAbort = () => settle(bodyError(400, "request body ended early: the client went away"));
-    req.on("data", onData);
-    req.once("end", onEnd);
-    req.once("error", onAbort);
-    req.once("close", onAbort);
-  });
+  return new Promise((resolve, reject) =>
+    readLimitedBody(req, maxBytes, (r) => {
+      if (r.ok) resolve(r.body);
+      else if (r.reason === "too_large") reject(bodyError(413, `request body is larger than ${maxBytes} bytes`));
+      else reject(bodyError(400, "request body ended early: the client went away"));
+    }),
+  );
 }
 
 /** Whether a parsed JSON value holds a string (or key) with an unpaired UTF-16 surrogate. Iterative: any depth. */

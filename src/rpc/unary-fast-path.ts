@@ -25,6 +25,7 @@ import {
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { RequestInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { readLimitedBody } from "../http/body.js";
 import type { RequestInfo } from "../http/request-info.js";
 import { codeName } from "./errors.js";
 
@@ -110,7 +111,7 @@ export function createUnaryFastPath(opts: UnaryFastPathOptions): UnaryFastPath {
     if (route === undefined) return false;
     const wire = wireOf(req);
     if (wire === undefined) return false;
-    const timeout = timeoutOf(req, wire);
+    const timeout = timeoutOf(req.headers, wire);
     if (timeout === false) return false;
 
     const ctx = new FastContext(route.method, req, res, wire, timeout, opts.contextValues(info), jsonWrite);
@@ -170,16 +171,16 @@ function wireOf(req: Request): Wire | undefined {
 }
 
 /** The call's timeout in ms, undefined for none, or false if it does not parse (connect-node reports that). */
-function timeoutOf(req: Request, wire: Wire): number | undefined | false {
+function timeoutOf(headers: http.IncomingHttpHeaders, wire: Wire): number | undefined | false {
   if (wire === "grpc") {
-    const v = req.headers["grpc-timeout"];
+    const v = headers["grpc-timeout"];
     if (v === undefined) return undefined;
     const m = typeof v === "string" ? /^(\d{1,8})([HMSmun])$/.exec(v) : null;
     if (m === null) return false;
     const ms = Number(m[1]) * GRPC_UNITS[m[2] as keyof typeof GRPC_UNITS];
     return ms > MAX_TIMEOUT_MS ? undefined : ms;
   }
-  const v = req.headers["connect-timeout-ms"];
+  const v = headers["connect-timeout-ms"];
   if (v === undefined) return undefined;
   if (typeof v !== "string" || !/^\d{1,10}$/.test(v)) return false;
   const ms = Number(v);
@@ -191,45 +192,20 @@ function timeoutOf(req: Request, wire: Wire): number | undefined | false {
  * pass it to setTimeout, which fires such a timer at once: a call with a deadline years away failed as
  * deadline_exceeded. A deadline that far off is no deadline.
  */
-export function dropUnholdableTimeout(headers: Record<string, string | string[] | undefined>): void {
-  for (const name of ["grpc-timeout", "connect-timeout-ms"] as const) {
-    const v = headers[name];
-    if (typeof v !== "string") continue;
-    const ms = timeoutOf({ headers } as Request, name === "grpc-timeout" ? "grpc" : "json");
-    if (ms === undefined) delete headers[name];
-  }
+export function dropUnholdableTimeout(headers: http.IncomingHttpHeaders): void {
+  if (headers["grpc-timeout"] !== undefined && timeoutOf(headers, "grpc") === undefined) delete headers["grpc-timeout"];
+  if (headers["connect-timeout-ms"] !== undefined && timeoutOf(headers, "json") === undefined) delete headers["connect-timeout-ms"];
 }
 
 const GRPC_UNITS = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
 
 /** Reads the whole body, refusing more than the limit allows (5 bytes more for a gRPC envelope). */
 function readBody(req: Request, max: number, wire: Wire, done: (err: unknown, body?: Buffer) => void): void {
-  const limit = wire === "grpc" ? max + 5 : max;
-  const declared = Number(req.headers["content-length"] ?? -1);
-  if (declared > limit) {
-    req.resume();
-    return done(tooLarge(declared, max));
-  }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let finished = false;
-  const finish = (err: unknown, body?: Buffer) => {
-    if (finished) return;
-    finished = true;
-    req.off("data", onData);
-    done(err, body);
-  };
-  const onData = (chunk: Buffer) => {
-    size += chunk.length;
-    if (size > limit) {
-      req.resume();
-      return finish(tooLarge(size, max));
-    }
-    chunks.push(chunk);
-  };
-  req.on("data", onData);
-  req.once("end", () => finish(undefined, chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size)));
-  req.once("error", (err) => finish(new ConnectError(`request body: ${err.message}`, Code.Canceled)));
+  readLimitedBody(req, wire === "grpc" ? max + 5 : max, (r) => {
+    if (r.ok) done(undefined, r.body);
+    else if (r.reason === "too_large") done(tooLarge(r.size, max));
+    else done(new ConnectError("request body: the client went away", Code.Canceled));
+  });
 }
 
 function tooLarge(size: number, max: number): ConnectError {

@@ -265,9 +265,12 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
     return true;
   });
 
-  /** Links an event into the chain after the last entry and stores it (inside the caller's transaction). */
-  function appendAuditRow(event: AuditEvent): AuditRecord {
-    const rec = chainRecord(AUDIT_CHAIN, q.auditLast.get(), event);
+  /**
+   * Links an event into the chain after `prev` (by default the last stored entry) and stores it, inside the
+   * caller's transaction.
+   */
+  function appendAuditRow(event: AuditEvent, prev: { seq: number; hash: string } | undefined = q.auditLast.get()): AuditRecord {
+    const rec = chainRecord(AUDIT_CHAIN, prev, event);
     q.insertAudit.run(rec);
     return rec;
   }
@@ -550,14 +553,10 @@ export function createSqliteStorage(file: string, opts: SqliteStorageOptions = {
       if (events.length === 0) return [];
       let records: AuditRecord[] = [];
       await write(() => {
-        // One look-up of the chain's end for the whole batch; each entry links to the one before it.
-        let prev: AuditRecord | { seq: number; hash: string } | undefined = q.auditLast.get();
-        records = events.map((e) => {
-          const rec = chainRecord(AUDIT_CHAIN, prev, e);
-          q.insertAudit.run(rec);
-          prev = rec;
-          return rec;
-        });
+        // One look-up of the chain's end for the whole batch (the first call's default); each entry links to the
+        // one before it.
+        let prev: AuditRecord | undefined;
+        records = events.map((e) => (prev = appendAuditRow(e, prev)));
         return true;
       });
       return records;
