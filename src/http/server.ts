@@ -163,18 +163,12 @@ export function createDualServer(handler: RequestHandler, limits: ConnectionLimi
   });
 
   return {
-    listen(port, host) {
-      return new Promise((resolve, reject) => {
-        tcp.once("error", reject);
-        tcp.listen(port, host, () => {
-          tcp.off("error", reject);
-          // The HTTP/1.1 server never listens itself; this starts its connection tracking, which enforces
-          // headersTimeout/requestTimeout and lets closeIdleConnections() find idle keep-alive sockets.
-          h1.emit("listening");
-          const addr = tcp.address() as net.AddressInfo;
-          resolve({ port: addr.port, host: addr.address });
-        });
-      });
+    async listen(port, host) {
+      const bound = await listenOn(tcp, port, host);
+      // The HTTP/1.1 server never listens itself; this starts its connection tracking, which enforces
+      // headersTimeout/requestTimeout and lets closeIdleConnections() find idle keep-alive sockets.
+      h1.emit("listening");
+      return bound;
     },
     async close(graceMs) {
       closing = true;
@@ -198,6 +192,18 @@ export function createDualServer(handler: RequestHandler, limits: ConnectionLimi
       return sockets.size;
     },
   };
+}
+
+/** Listens on `port` and `host`; resolves with the address bound, rejects if listening fails. */
+function listenOn(server: net.Server, port: number, host: string): Promise<{ port: number; host: string }> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      const addr = server.address() as net.AddressInfo;
+      resolve({ port: addr.port, host: addr.address });
+    });
+  });
 }
 
 /** Certificate and key (PEM) for TLS; a client CA turns on mutual TLS. */
@@ -263,14 +269,7 @@ export function createTlsServer(handler: RequestHandler, tls: TlsOptions, limits
 
   return {
     listen(port, host) {
-      return new Promise((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(port, host, () => {
-          server.off("error", reject);
-          const addr = server.address() as net.AddressInfo;
-          resolve({ port: addr.port, host: addr.address });
-        });
-      });
+      return listenOn(server, port, host);
     },
     async close(graceMs) {
       closing = true;
